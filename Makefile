@@ -1,0 +1,44 @@
+# The whole set-up on a fresh machine is one of these two commands:
+#   make reproduce   regenerate every table and figure (profile quick, CPU, ~20 min)
+#   make test        the test suite: unit tests, nbval over the notebooks, the pipeline (smoke)
+# Options: make reproduce PROFILE=fashion DEVICE=cuda
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+DEVICE ?= auto
+# torch/torchvision: the releases these machines hold on disk (override on other machines)
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+# pip prints one warning per missing local mirror folder; they are noise here
+QUIET_PIP := grep -v "^WARNING: Location" || true
+
+.PHONY: reproduce test lint bench clean-smoke help
+
+help:
+	@sed -n '1,5p' Makefile
+
+$(STAMP): pyproject.toml environment.yml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH) 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e ".[notebooks,dev]" 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, torchvision, torchattacks, papermill, nbval, mlxtend"
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE)
+
+test: $(STAMP)
+	$(PY) -m ruff check adt tests notebooks
+	$(PY) -m pytest -q tests
+	ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider \
+		--nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+lint: $(STAMP)
+	$(PY) -m ruff check adt tests notebooks
+
+bench: $(STAMP)
+	$(PY) -m adt.bench --device $(DEVICE)

@@ -1,0 +1,313 @@
+"""Classifiers and the generators of the amortised ADT variants.
+
+All classifiers take images in [0, 1] (any normalisation would live inside the
+model) and return logits. Their penultimate features are read through one hook,
+:func:`penultimate_features`, which captures the input of the model's last
+``nn.Linear``; no model needs a special method for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "Encoder", "MODELS",
+           "build_model", "penultimate_features", "load_official_checkpoint"]
+
+
+class SmallCNN(nn.Module):
+    """4 conv + 3 fc layers for 28x28 (or 32x32) images, the MNIST model of TRADES.
+
+    ``width`` is the number of filters of the first two convolutions (the last two
+    have twice as many); ``hidden`` the width of the two hidden fc layers.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                 hidden: int = 200, image_size: int = 28) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3), nn.ReLU(), nn.Conv2d(w, w, 3), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten())
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * w * side * side, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        for m in self.modules():  # He init: the default init leaves this ReLU stack near chance for epochs
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+                         if stride != 1 or in_planes != planes else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet18(nn.Module):
+    """Pre-activation ResNet-18 (He et al. 2016), any input size via global pooling."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(_PreActBlock(in_planes, planes, stride),
+                                        _PreActBlock(planes, planes, 1)))
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(512)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation block of the release's WRN; parameter names match its checkpoints."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        if not self.equal_in_out:
+            self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)  # noqa: N815
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        # where shapes change the shortcut starts from the activated input
+        return out + (x if self.equal_in_out else self.convShortcut(act))
+
+
+class _WideStage(nn.Module):
+    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*(_WideBlock(in_planes if i == 0 else out_planes, out_planes,
+                                                stride if i == 0 else 1) for i in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen_factor in the layout of the ADT release (REFERENCE.md).
+
+    ``sub_block1`` is an unused copy of ``block1`` that the release's checkpoints
+    carry; it is kept so their ``state_dict`` loads strictly.
+    """
+
+    def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth={depth} is not 6n+4 (e.g. 16, 22, 28, 34); "
+                             "pick a depth of that form")
+        if widen_factor < 1:
+            raise ValueError(f"WideResNet widen_factor={widen_factor} must be >= 1 (paper: 10)")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.block1 = _WideStage(n, widths[0], widths[1], 1)
+        self.sub_block1 = _WideStage(n, widths[0], widths[1], 1)
+        self.block2 = _WideStage(n, widths[1], widths[2], 2)
+        self.block3 = _WideStage(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.relu(self.bn1(out))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+# ----------------------------------------------------------------------------- generators
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn_relu(channels, channels),
+                                  nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _gan_init(module: nn.Module) -> None:
+    """N(0, 0.02) for conv and linear weights, N(1, 0.02) for BatchNorm scales."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """ResNet generator at full resolution: widths ngf -> 2ngf -> (3 residual blocks) -> ngf.
+
+    ADT_EXP-AM uses it with ``in_channels = 3C`` ([x, g1, g2]) and ``out_channels = 2C``
+    (mu, v); ADT_IMP-AM with ``in_channels = C + 1`` ([x, noise map]) and
+    ``out_channels = C``. 3x3 convolutions, BatchNorm, N(0, 0.02) initialisation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 256,
+                 n_blocks: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            *_conv_bn_relu(in_channels, ngf), *_conv_bn_relu(ngf, 2 * ngf),
+            *(_ResidualBlock(2 * ngf) for _ in range(n_blocks)),
+            *_conv_bn_relu(2 * ngf, ngf), nn.Conv2d(ngf, out_channels, 3, 1, 1))
+        _gan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Encoder(nn.Module):
+    """q(z | delta) of ADT_IMP-AM: a diagonal Gaussian over the generator's noise z.
+
+    4 conv layers (32/64/128/256, BatchNorm, LeakyReLU 0.2; the last three halve the
+    resolution), global average pooling, a linear layer to (mean, log-std) of z.
+    """
+
+    def __init__(self, in_channels: int, noise_dim: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip((in_channels, 32, 64, 128), (32, 64, 128, 256),
+                                            strict=True)):
+            layers += [nn.Conv2d(cin, cout, 3, 1 if i == 0 else 2, 1, bias=False),
+                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(256, 2 * noise_dim))
+        _gan_init(self)
+
+    def forward(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(delta).chunk(2, dim=1)
+        return mean, log_std.clamp(-6.0, 4.0)
+
+
+# ----------------------------------------------------------------------------- registry, hooks
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "preact_resnet18": PreActResNet18,
+    "wrn": WideResNet,
+}
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
+                **kwargs: int) -> nn.Module:
+    """A classifier by registry name for images of ``in_channels`` x ``image_size``^2."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}. "
+                         "Set the profile's `model` to one of these.")
+    if name == "small_cnn":
+        return SmallCNN(in_channels, num_classes, image_size=image_size, **kwargs)
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier's last ``nn.Linear`` (its input is the penultimate feature)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer, so it has no "
+                         "penultimate features to hook; end the model with an nn.Linear")
+    return linears[-1]
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, logits)``: the input of the model's last linear layer, and the output.
+
+    This is the one hook through which attacks (FeaAttack) and analyses read the
+    feature space; it works for any model whose logits come from an ``nn.Linear``.
+    """
+    captured: list[torch.Tensor] = []
+    handle = final_linear(model).register_forward_pre_hook(
+        lambda _m, inputs: captured.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return captured[-1].flatten(1), logits
+
+
+def load_official_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> WideResNet:
+    """A WideResNet holding the weights of a ``.pt`` file of the ADT release.
+
+    Accepts a bare ``state_dict`` or one wrapped under ``state_dict``/``model``, with
+    or without the ``module.`` prefix of ``nn.DataParallel``; depth, width and number
+    of classes are read from the tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; give the path of a released "
+                                ".pt file (e.g. data/checkpoints/adt_exp_cifar10.pt)")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"could not read {path} as a PyTorch checkpoint ({err}); the file is "
+                         "truncated or of another format: download it again") from err
+    state = blob
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if isinstance(state, dict):
+        state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    required = ("conv1.weight", "block1.layer.0.conv1.weight", "fc.weight")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise ValueError(f"{path} holds no WideResNet state_dict of the release layout (keys "
+                         f"{', '.join(required)} expected); is it a checkpoint of another model?")
+    n = len({k.split(".")[2] for k in state if k.startswith("block1.layer.")})
+    widen = state["block1.layer.0.conv1.weight"].shape[0] // 16
+    model = WideResNet(depth=6 * n + 4, widen_factor=widen,
+                       num_classes=state["fc.weight"].shape[0],
+                       in_channels=state["conv1.weight"].shape[1])
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape
+        raise ValueError(f"{path} does not match WRN-{6 * n + 4}-{widen}: {str(err)[:300]}; it is "
+                         "not a checkpoint of the release's WideResNet") from err
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match WRN-{6 * n + 4}-{widen}: missing keys "
+                         f"{missing[:5]}, unexpected keys {unexpected[:5]}; it is not a checkpoint "
+                         "of the release's WideResNet")
+    return model.eval()

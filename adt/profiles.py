@@ -1,0 +1,249 @@
+"""Named experiment profiles (DESIGN.md): one validated, frozen dataclass each.
+
+| profile   | where          | data, model                           | purpose                         |
+|-----------|----------------|---------------------------------------|---------------------------------|
+| `smoke`   | CPU, CI, nbval | mnist5k subset, SmallCNN, 1 epoch     | every cell runs, fast           |
+| `quick`   | CPU            | mnist5k, SmallCNN                     | every table and figure, minutes |
+| `fashion` | GPU            | Fashion-MNIST 60k, PreActResNet18     | real numbers at scale           |
+| `paper`   | GPU            | CIFAR-10, WRN-28-10, release's recipe | the paper's tables              |
+
+Step sizes of attacks are given as fractions of epsilon (the paper's 2/255 at 8/255
+is 0.25), so a profile stays meaningful when its dataset (and epsilon) changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
+from adt.data import DATASETS
+from adt.models import MODELS
+
+__all__ = ["Recipe", "MethodSettings", "EvalSettings", "Profile", "PROFILES", "get_profile",
+           "METHODS"]
+
+#: Training methods in the order of the paper's tables.
+METHODS = ("standard", "pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The outer minimisation: SGD with momentum and a step-decay schedule."""
+
+    epochs: int = 76
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_milestones: tuple[int, ...] = (75,)  # epochs after which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    epsilon_warmup_epochs: int = 0  # linear ramp of the training epsilon over these epochs
+    batch_size_overrides: Mapping[str, int] = field(default_factory=dict)  # method -> batch
+
+    def __post_init__(self) -> None:
+        check_int_at_least(self.epochs, 1, "epochs", "76")
+        check_int_at_least(self.batch_size, 1, "batch_size", "64")
+        check_positive(self.lr, "lr", "0.1")
+        check_int_at_least(self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0")
+        for method, batch in self.batch_size_overrides.items():
+            check_choice(method, METHODS, "method in batch_size_overrides")
+            check_int_at_least(batch, 1, f"batch_size_overrides[{method!r}]", "128")
+
+    def batch_size_for(self, method: str) -> int:
+        return self.batch_size_overrides.get(method, self.batch_size)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The inner maximisation of every method, with the paper's symbols."""
+
+    pgd_steps: int = 7
+    pgd_step_fraction: float = 0.25  # 2/255 at epsilon 8/255
+    adt_steps: int = 7  # T
+    adt_num_samples: int = 5  # k
+    adt_lambda: float = 0.01
+    adt_lr: float = 0.3
+    am_ngf: int = 256
+    am_lambda: float = 0.01
+    am_lr: float = 2e-4
+    imp_noise_dim: int = 64
+    imp_lambda: float = 1.0
+    imp_threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_int_at_least(self.pgd_steps, 1, "pgd_steps", "7")
+        check_positive(self.pgd_step_fraction, "pgd_step_fraction", "0.25")
+        check_int_at_least(self.adt_steps, 1, "adt_steps", "7")
+        check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
+        check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
+        check_int_at_least(self.imp_noise_dim, 1, "imp_noise_dim", "64")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation protocol of REFERENCE.md, sized per profile."""
+
+    n_examples: int = 10_000
+    batch_size: int = 200
+    step_fraction: float = 0.25  # PGD/MIM/C&W step = epsilon / 4 (2/255 at 8/255)
+    pgd_steps: tuple[int, ...] = (20, 100)
+    mim_steps: int = 20
+    cw_steps: int = 30
+    cw_kappa: float = 50.0
+    fea_steps: int = 50
+    fea_step_fraction: float = 0.125  # 1/255 at 8/255
+    fea_targets: int = 9  # candidate target images (of other classes) per example
+    autoattack: str = "standard"  # "standard" or "cheap" (apgd-ce + apgd-t)
+    spsa_examples: int = 1000
+    spsa_iterations: int = 100
+    spsa_samples: int = 256
+    spsa_lr: float = 0.01
+    spsa_delta: float = 1e-3
+    sanity_restarts: int = 5
+    curve_epsilon_multipliers: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    curve_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    figure_examples: int = 100  # Figure 1, Figure 2, attack power
+    figure_samples: int = 100  # PGD restarts / distribution draws per example
+    surface_grid: int = 41
+    hessian_iterations: int = 20
+
+    def __post_init__(self) -> None:
+        check_int_at_least(self.n_examples, 1, "n_examples", "1000")
+        check_int_at_least(self.batch_size, 1, "eval batch_size", "200")
+        check_choice(self.autoattack, ("standard", "cheap"), "autoattack version")
+        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps):
+            check_int_at_least(steps, 1, "attack steps", "20")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to train and evaluate every method on one dataset."""
+
+    name: str
+    description: str
+    dataset: str
+    model: str
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    train_examples: int | None = None  # None: the whole training split
+    monitor_examples: int = 500  # test images for the per-epoch clean/PGD accuracy
+    monitor_pgd_steps: int = 10
+    epsilon: float | None = None  # None: the dataset's (REFERENCE.md)
+    recipe: Recipe = field(default_factory=Recipe)
+    methods: MethodSettings = field(default_factory=MethodSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    compile: bool = False  # torch.compile the classifier (CUDA fast path)
+    temporary_output: bool = False  # write figures to a temporary folder (smoke)
+
+    def __post_init__(self) -> None:
+        check_choice(self.dataset, DATASETS, "dataset")
+        check_choice(self.model, MODELS, "model")
+        if self.epsilon is not None:
+            check_epsilon(self.epsilon)
+        if self.train_examples is not None:
+            check_int_at_least(self.train_examples, 1, "train_examples", "4000")
+        check_int_at_least(self.monitor_examples, 1, "monitor_examples", "500")
+        if not self.seeds:
+            raise ValueError("seeds=() is empty; give at least one seed, e.g. (0,)")
+        check_choice(self.device, ("auto", "cpu", "cuda"), "device")
+
+    @property
+    def train_epsilon(self) -> float:
+        return self.epsilon if self.epsilon is not None else DATASETS[self.dataset].epsilon
+
+    def replace(self, **changes: Any) -> Profile:
+        """A copy with fields changed; nested settings take dicts: ``replace(recipe={'epochs': 2})``."""
+        for key in ("recipe", "methods", "eval"):
+            if isinstance(changes.get(key), Mapping):
+                current = getattr(self, key)
+                allowed = [f.name for f in dataclasses.fields(current)]
+                unknown_nested = set(changes[key]) - set(allowed)
+                if unknown_nested:
+                    raise ValueError(f"unknown {key} field(s) {sorted(unknown_nested)}; "
+                                     f"allowed: {allowed}")
+                changes[key] = dataclasses.replace(current, **changes[key])
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown profile field(s) {sorted(unknown)}; allowed: "
+                             f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(obj: Any) -> Any:
+            if isinstance(obj, Mapping):
+                return {k: plain(v) for k, v in obj.items()}
+            if isinstance(obj, tuple | list):
+                return [plain(v) for v in obj]
+            return obj
+        return plain({f.name: (dataclasses.asdict(getattr(self, f.name))
+                               if dataclasses.is_dataclass(getattr(self, f.name))
+                               else getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+_SMOKE = Profile(
+    name="smoke",
+    description="every cell runs on a CPU in seconds; numbers are meaningless",
+    dataset="mnist5k", model="small_cnn", model_kwargs={"width": 8, "hidden": 32},
+    train_examples=256, monitor_examples=64, monitor_pgd_steps=2,
+    recipe=Recipe(epochs=1, batch_size=64, lr=0.05, lr_milestones=()),
+    methods=MethodSettings(adt_steps=2, adt_num_samples=2, am_ngf=4, imp_noise_dim=8),
+    eval=EvalSettings(n_examples=32, batch_size=32, pgd_steps=(2, 4), mim_steps=2, cw_steps=2,
+                      fea_steps=2, fea_targets=2, autoattack="cheap", spsa_examples=8,
+                      spsa_iterations=2, spsa_samples=16, sanity_restarts=2,
+                      curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
+                      figure_examples=4, figure_samples=8, surface_grid=5,
+                      hessian_iterations=3),
+    temporary_output=True,
+)
+
+_QUICK = Profile(
+    name="quick",
+    description="every table and figure on a 2-core CPU in minutes (mnist5k, SmallCNN)",
+    dataset="mnist5k", model="small_cnn", model_kwargs={"width": 16, "hidden": 100},
+    monitor_examples=500,
+    recipe=Recipe(epochs=10, batch_size=64, lr=0.05, lr_milestones=(8,),
+                  epsilon_warmup_epochs=3),
+    methods=MethodSettings(am_ngf=16),
+    eval=EvalSettings(n_examples=500, batch_size=250, autoattack="cheap", spsa_examples=100,
+                      spsa_iterations=20, spsa_samples=128, sanity_restarts=3,
+                      figure_examples=50, figure_samples=50, surface_grid=21,
+                      hessian_iterations=10),
+)
+
+_FASHION = Profile(
+    name="fashion",
+    description="real numbers at scale on one GPU (Fashion-MNIST 60k, PreActResNet18)",
+    dataset="fashion_mnist", model="preact_resnet18", monitor_examples=1000,
+    recipe=Recipe(epochs=10, batch_size=128, lr=0.1, lr_milestones=(8,),
+                  epsilon_warmup_epochs=2),
+    methods=MethodSettings(am_ngf=64),
+    eval=EvalSettings(n_examples=2000, batch_size=500, spsa_examples=500),
+    device="cuda",
+)
+
+_PAPER = Profile(
+    name="paper",
+    description="the release's recipe (CIFAR-10, WRN-28-10, 76 epochs); one GPU-day per method",
+    dataset="cifar10", model="wrn", model_kwargs={"depth": 28, "widen_factor": 10},
+    monitor_examples=1000,
+    recipe=Recipe(batch_size_overrides={"pgd_at": 128, "standard": 128}),
+    device="cuda",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (_SMOKE, _QUICK, _FASHION, _PAPER)}
+
+
+def get_profile(name: str | Profile, **overrides: Any) -> Profile:
+    """A profile by name, optionally with fields replaced (see :meth:`Profile.replace`)."""
+    profile = name if isinstance(name, Profile) else None
+    if profile is None:
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}. "
+                             "Pass one of these (notebook parameter `profile`, or "
+                             "`make reproduce PROFILE=...`).")
+        profile = PROFILES[name]
+    return profile.replace(**overrides) if overrides else profile

@@ -1,0 +1,211 @@
+"""What a notebook needs around the compute core: its parameters, its runs, and provenance.
+
+A notebook builds one :class:`Context` from its papermill parameters; figures and
+tables are saved through it, so every artefact lands in the profile's output folder
+(``figures/`` for ``quick``, ``figures/<profile>/`` for the others, a temporary
+folder for ``smoke``) and is listed in ``MANIFEST.json`` with the notebook, the runs
+and the git commit that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import adt
+from adt.data import ImageDataset, load_dataset
+from adt.io import read_json, write_json
+from adt.methods import LABELS
+from adt.profiles import Profile, get_profile
+from adt.train import Run, resolve_device, train
+
+__all__ = ["REPO_ROOT", "PAPER", "Context", "markdown_table", "git_commit", "MANIFEST",
+           "METHOD_COLORS", "set_style", "manifest_artefacts"]
+
+REPO_ROOT = Path(adt.__file__).resolve().parents[1]
+MANIFEST = "MANIFEST.json"
+
+#: Numbers the paper reports, where REFERENCE.md gives them (shown beside ours).
+PAPER: dict[str, Any] = {
+    "figure1_mean_pairwise_l2": {"adt_exp": 1.95, "pgd_restarts": 1.56,
+                                 "setting": "CIFAR-10, standard-trained model, 100 test images"},
+}
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The checkout's commit (with ``-dirty`` when files differ), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
+        return commit + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats are printed as given by the caller."""
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def default_output_dir(profile: Profile) -> Path:
+    if profile.temporary_output:
+        return Path(tempfile.gettempdir()) / f"adt-{profile.name}"
+    return REPO_ROOT / "figures" if profile.name == "quick" else REPO_ROOT / "figures" / profile.name
+
+
+@dataclass
+class Context:
+    """A notebook's parameters resolved: profile, device, where runs and artefacts go."""
+
+    notebook: str
+    profile: Profile
+    device: torch.device
+    seeds: tuple[int, ...]
+    output_dir: Path
+    runs_root: Path
+    force_retrain: bool = False
+    _data: ImageDataset | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_parameters(cls, notebook: str, profile: str, dataset: str | None = None,
+                        seeds: Sequence[int] | None = None, device: str = "auto",
+                        output_dir: str | None = None, force_retrain: bool = False) -> Context:
+        """Resolve the papermill parameters every notebook starts with."""
+        prof = get_profile(profile)
+        if dataset:
+            prof = prof.replace(dataset=dataset)
+        dev = resolve_device(device if device != "auto" else prof.device)
+        out = Path(output_dir) if output_dir else default_output_dir(prof)
+        if not out.is_absolute():
+            out = REPO_ROOT / out
+        runs_root = out / "runs" if prof.temporary_output else REPO_ROOT / "data" / "runs"
+        return cls(notebook, prof, dev, tuple(seeds) if seeds else prof.seeds, out, runs_root,
+                   force_retrain)
+
+    # ------------------------------------------------------------------ data and runs
+    @property
+    def data(self) -> ImageDataset:
+        if self._data is None:
+            self._data = load_dataset(self.profile.dataset, root=REPO_ROOT / "data",
+                                      device=self.device)
+        return self._data
+
+    @property
+    def epsilon(self) -> float:
+        return self.profile.train_epsilon
+
+    def test_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test images (floats in [0, 1]) and labels, on the device."""
+        return self.data.test_tensors(n)
+
+    def train(self, method: str, seed: int | None = None, progress: bool = True) -> Run:
+        """The run of ``method``: reused when finished, resumed when interrupted, else trained."""
+        return train(self.profile, method, self.seeds[0] if seed is None else seed,
+                     data=self.data, device=self.device, runs_root=self.runs_root,
+                     force_retrain=self.force_retrain, progress=progress)
+
+    def relative(self, path: Path) -> str:
+        """A path as shown in outputs: relative to the repository or the output folder."""
+        path = Path(path).resolve()
+        for base, prefix in ((self.output_dir.resolve(), "<output>"), (REPO_ROOT, "")):
+            try:
+                rel = path.relative_to(base)
+                return f"{prefix}/{rel}" if prefix else str(rel)
+            except ValueError:
+                continue
+        return path.name
+
+    # ------------------------------------------------------------------ provenance
+    def describe(self, n_examples: int | None = None, methods: Sequence[str] | None = None) -> str:
+        """One line stating the profile, dataset, model, seeds and test examples."""
+        p = self.profile
+        kwargs = ", ".join(f"{k}={v}" for k, v in p.model_kwargs.items())
+        parts = [f"profile `{p.name}`", f"dataset `{p.dataset}` (eps = {self.epsilon:.4g})",
+                 f"model `{p.model}({kwargs})`", f"seeds {list(self.seeds)}"]
+        if methods:
+            parts.append("methods " + ", ".join(LABELS[m] for m in methods))
+        if n_examples is not None:
+            parts.append(f"{n_examples} test examples")
+        return " · ".join(parts)
+
+    def _record(self, name: str, files: list[Path], kind: str, runs: Sequence[Run | Path],
+                caption: str, n_examples: int | None, extra: dict[str, Any] | None) -> None:
+        manifest_path = self.output_dir / MANIFEST
+        manifest = read_json(manifest_path) if manifest_path.exists() else {"artefacts": {}}
+        manifest["artefacts"][name] = {
+            "kind": kind, "files": [self.relative(f).removeprefix("<output>/") for f in files],
+            "notebook": f"notebooks/{self.notebook}.ipynb", "caption": caption,
+            "profile": self.profile.name, "dataset": self.profile.dataset,
+            "model": self.profile.model, "model_kwargs": dict(self.profile.model_kwargs),
+            "seeds": list(self.seeds), "n_examples": n_examples,
+            "runs": [self.relative(r.path if isinstance(r, Run) else r) for r in runs],
+            "commit": git_commit(), "created": _dt.datetime.now(_dt.UTC).isoformat(
+                timespec="seconds"), **(extra or {})}
+        write_json(manifest, manifest_path)
+
+    def save_figure(self, fig: Any, name: str, *, caption: str, runs: Sequence[Run | Path] = (),
+                    n_examples: int | None = None, extra: dict[str, Any] | None = None) -> list[Path]:
+        """Save ``fig`` as PNG and PDF under the output folder and list it in the manifest."""
+        files = []
+        for ext in ("png", "pdf"):
+            path = self.output_dir / f"{name}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=150, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+            files.append(path)
+        self._record(name, files, "figure", runs, caption, n_examples, extra)
+        return files
+
+    def save_table(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                   caption: str, runs: Sequence[Run | Path] = (), n_examples: int | None = None,
+                   extra: dict[str, Any] | None = None) -> str:
+        """Save a table as CSV and Markdown under ``tables/``; returns the Markdown."""
+        import csv
+        import io
+
+        folder = self.output_dir / "tables"
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        csv_path = folder / f"{name}.csv"
+        csv_path.write_text(buf.getvalue())
+        md = f"{caption}\n\n{markdown_table(header, rows)}"
+        md_path = folder / f"{name}.md"
+        md_path.write_text(md)
+        self._record(name, [csv_path, md_path], "table", runs, caption, n_examples, extra)
+        return md
+
+
+def manifest_artefacts(output_dir: Path) -> dict[str, Any]:
+    path = Path(output_dir) / MANIFEST
+    return read_json(path)["artefacts"] if path.exists() else {}
+
+
+
+#: One colour per method, the same in every figure.
+METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "adt_exp": "#d62728",
+                 "adt_exp_am": "#ff7f0e", "adt_imp_am": "#2ca02c"}
+
+
+def set_style() -> None:
+    """The seaborn style of every figure of the artifact."""
+    import matplotlib
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": 11,
+                                "figure.autolayout": False})

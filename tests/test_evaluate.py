@@ -1,0 +1,251 @@
+"""The robustness table: A_rob from the correctness matrix, the sanity checks (a masked
+model is flagged, a normal one is not), batching, modes, eval.json and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from helpers_eval import Quantized, trained_small_cnn
+from torch import nn
+
+from adt import evaluate as E
+from adt.attacks import fgsm, mim, pgd
+from adt.profiles import EvalSettings, get_profile
+from adt.train import run_dir, train
+
+EPS = 0.3  # MNIST
+SETTINGS = EvalSettings(n_examples=64, batch_size=64, pgd_steps=(5, 10), mim_steps=5, cw_steps=5,
+                        fea_steps=5, fea_targets=2, autoattack="cheap", spsa_examples=16,
+                        spsa_iterations=3, spsa_samples=32, sanity_restarts=2)
+
+
+def _table(model: nn.Module, attacks: list[E.AttackSpec]) -> tuple[E.RobustnessTable, list]:
+    _, data = trained_small_cnn()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = E.robustness_table(model, data, attacks, SETTINGS.n_examples,
+                                   batch_size=SETTINGS.batch_size,
+                                   sanity=E.SanityChecks.from_settings(SETTINGS, EPS))
+    return table, [w for w in caught if issubclass(w.category, E.GradientMaskingWarning)]
+
+
+@pytest.fixture(scope="module")
+def normal() -> tuple[E.RobustnessTable, list]:
+    """The whole protocol (white-box, transfer from the model itself, SPSA) on a normally
+    trained SmallCNN."""
+    model, _ = trained_small_cnn()
+    return _table(model, E.standard_attacks(SETTINGS, EPS, sources={"itself": model}))
+
+
+@pytest.fixture(scope="module")
+def masked() -> tuple[E.RobustnessTable, list]:
+    """The same model behind a zero-gradient input quantisation; transfer from the model
+    without it (AutoAttack and SPSA left out for time)."""
+    model, _ = trained_small_cnn()
+    attacks = [s for s in E.white_box_attacks(SETTINGS, EPS) if s.name != "AutoAttack"]
+    attacks += E.black_box_attacks(SETTINGS, EPS, sources={"unmasked": model}, include_spsa=False)
+    return _table(Quantized(model), attacks)
+
+
+def _in_worst_case(table: E.RobustnessTable) -> list[str]:
+    return [n for n, k in zip(table.names, table.kinds, strict=True) if k in ("clean", "white")]
+
+
+def test_a_rob_is_the_recomputable_per_example_worst_case(normal: tuple) -> None:
+    table, _ = normal
+    rows = [table.names.index(n) for n in _in_worst_case(table)]
+    assert len(rows) == 8  # clean, FGSM, PGD-5, PGD-10, MIM, C&W, FeaAttack, AutoAttack
+    recomputed = table.correct[rows].all(0).float().mean().item()
+    assert table.robust_accuracy == pytest.approx(recomputed)
+    for name in _in_worst_case(table):
+        assert table.robust_accuracy <= table.accuracy[name] + 1e-9
+        assert table.accuracy[name] == pytest.approx(table.correct[table.names.index(name)]
+                                                     .float().mean().item())
+    again = E.RobustnessTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert torch.equal(again.correct, table.correct)
+    assert again.robust_accuracy == table.robust_accuracy and again.accuracy == table.accuracy
+    assert E.check_table(again) == table.checks  # the checks, too, come from the matrix
+
+
+def test_normally_trained_model_passes_the_sanity_checks(normal: tuple) -> None:
+    table, caught = normal
+    acc = table.accuracy
+    assert acc["Clean"] > 0.6 and acc["PGD-10"] < acc["Clean"] - 0.3  # the attacks work
+    assert acc["SPSA"] >= 0 and table.n_evaluated[table.names.index("SPSA")] == 16
+    statuses = {c["name"]: c["status"] for c in table.checks}
+    assert statuses == {"pgd_many": "passed", "pgd_restarts": "passed",
+                        "large_epsilon": "passed",
+                        "white_vs_black[Transfer PGD-5 from itself]": "passed",
+                        "white_vs_black[Transfer MIM from itself]": "passed",
+                        "white_vs_black[SPSA]": "passed",
+                        "autoattack_vs_pgd[AutoAttack]": "passed"}
+    assert not table.gradient_masking_suspected and not caught
+    assert "sanity" in table.kinds  # the restart and large-epsilon runs are kept ...
+    assert all(r["kind"] != "sanity" for r in table.rows())  # ... but not reported
+
+
+def test_gradient_masking_model_is_flagged(masked: tuple) -> None:
+    table, caught = masked
+    assert table.gradient_masking_suspected
+    assert "large_epsilon" in table.flags
+    assert "white_vs_black[Transfer PGD-5 from unmasked]" in table.flags
+    assert len(caught) == 1 and "large_epsilon" in str(caught[0].message)
+    assert "Gradient masking suspected" in table.to_markdown()
+    blob = table.to_dict()
+    assert blob["gradient_masking_suspected"] and blob["flags"] == table.flags
+    # the masked model looks robust under white-box attacks: exactly what must be flagged
+    assert table.robust_accuracy > 0.3
+
+
+def test_strict_raises_on_a_masked_model() -> None:
+    model, data = trained_small_cnn()
+    checks = E.SanityChecks(EPS, steps=(3, 3), restarts=1, large_steps=5)
+    with pytest.raises(E.GradientMaskingError, match="large_epsilon"):
+        E.robustness_table(Quantized(model), data.test_tensors(32), [E.CLEAN], sanity=checks,
+                           strict=True)
+
+
+def test_worst_case_on_a_known_matrix() -> None:
+    specs = [E.CLEAN.describe(), E.AttackSpec("A", pgd).describe(),
+             E.AttackSpec("B", fgsm).describe(), E.AttackSpec("S", pgd, kind="black").describe()]
+    correct = torch.tensor([[1, 1, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 0, 0, 1], [0, 0, 0, 0, 0]],
+                           dtype=torch.bool)
+    table = E.RobustnessTable(specs, correct, [5, 5, 5, 2], [0.0] * 4)
+    assert table.accuracy == {"Clean": 0.8, "A": 0.6, "B": 0.6, "S": 0.0}
+    assert table.robust_accuracy == pytest.approx(0.4)  # black-box rows stay out of A_rob
+    assert table.worst_case(["A", "B"]).tolist() == [True, False, False, False, True]
+    with pytest.raises(ValueError, match="covering every example"):
+        table.worst_case(["S"])
+
+
+def test_batching_does_not_change_the_result() -> None:
+    model, data = trained_small_cnn()
+    xy = data.test_tensors(40)
+    attacks = [E.AttackSpec("FGSM", fgsm, {"epsilon": 0.1})]
+    one = E.robustness_table(model, xy, attacks, batch_size=40, sanity=False)
+    many = E.robustness_table(model, xy, attacks, batch_size=7, sanity=False)
+    assert torch.equal(one.correct, many.correct)
+    assert one.names == ["Clean", "FGSM"] and one.checks == []
+
+
+class _ModeRecorder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.model(x)
+
+
+def test_eval_mode_restored_modes_reproducible_and_no_rng_trace() -> None:
+    model, data = trained_small_cnn()
+    recorder = _ModeRecorder(model).train()
+    attacks = [E.AttackSpec("PGD-3", pgd, {"epsilon": 0.1, "step_size": 0.04, "steps": 3})]
+    state = torch.get_rng_state()
+    try:
+        first = E.robustness_table(recorder, data.test_tensors(24), attacks, sanity=False)
+        assert recorder.modes and not any(recorder.modes)  # eval mode throughout
+        assert recorder.training and model.training  # and restored afterwards
+    finally:
+        model.eval()
+    second = E.robustness_table(model, data.test_tensors(24), attacks, sanity=False)
+    assert torch.equal(first.correct, second.correct)  # seeded inside
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first.meta["device"] == "cpu" and first.meta["autocast"] is False
+
+
+def test_evaluate_run_writes_and_reuses_eval_json(tmp_path, monkeypatch) -> None:
+    profile = get_profile("smoke")
+    _, data = trained_small_cnn()  # mnist5k, loaded once
+    run = train(profile, "standard", 0, data=data, runs_root=tmp_path, progress=False)
+    table = E.evaluate_run(run, data, progress=False)
+    path = E.eval_path(profile, "standard", 0, runs_root=tmp_path)
+    assert path == run_dir(profile, "standard", 0, tmp_path) / "eval.json" and path.is_file()
+    blob = json.loads(path.read_text())
+    for key in ("epsilon", "n_examples", "accuracy", "robust_accuracy", "correct", "checks",
+                "flags", "gradient_masking_suspected", "timing", "attacks", "sanity"):
+        assert key in blob
+    assert blob["epsilon"] == pytest.approx(0.3) and blob["n_examples"] == 32
+    assert blob["robust_accuracy"] == pytest.approx(table.robust_accuracy)
+    assert {a["name"] for a in blob["attacks"]} >= {"Clean", "FGSM", "PGD-2", "PGD-4", "MIM",
+                                                    "C&W", "FeaAttack", "AutoAttack", "SPSA"}
+    pgd2 = next(a for a in blob["attacks"] if a["name"] == "PGD-2")
+    assert pgd2["settings"] == {"epsilon": 0.3, "step_size": 0.075, "steps": 2,
+                                "random_start": True}
+    assert len(blob["correct"]["SPSA"]) == 8 and len(blob["correct"]["PGD-2"]) == 32
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("the stored eval.json should have been reused")
+
+    monkeypatch.setattr(E, "robustness_table", no_attacks)
+    reused = E.evaluate_run(run, data, progress=False)
+    assert torch.equal(reused.correct, table.correct)
+    assert E.load_table(run.path).accuracy == table.accuracy
+    with pytest.raises(AssertionError, match="reused"):
+        E.evaluate_run(run, data, progress=False, force=True)
+
+
+def test_standard_attack_list_follows_the_protocol() -> None:
+    eps = 8 / 255
+    specs = {s.name: s for s in E.standard_attacks(EvalSettings(), eps,
+                                                   sources={"AT": nn.Linear(2, 2)})}
+    assert list(specs)[:9] == ["Clean", "FGSM", "PGD-20", "PGD-100", "MIM", "C&W", "FeaAttack",
+                               "AutoAttack", "Transfer PGD-20 from AT"]
+    assert specs["PGD-100"].settings == {"epsilon": eps, "step_size": eps / 4, "steps": 100,
+                                         "random_start": True}
+    assert math.isclose(specs["MIM"].settings["step_size"], 2 / 255)
+    assert specs["MIM"].settings["steps"] == 20 and specs["MIM"].settings["decay"] == 1.0
+    assert specs["C&W"].settings["steps"] == 30 and specs["C&W"].settings["kappa"] == 50
+    assert math.isclose(specs["FeaAttack"].settings["step_size"], 1 / 255)
+    assert specs["FeaAttack"].settings["steps"] == 50
+    assert specs["AutoAttack"].settings == {"epsilon": eps, "version": "standard",
+                                            "num_classes": 10, "steps": 100, "targets": 9}
+    spsa = specs["SPSA"]
+    assert spsa.kind == "black" and spsa.n_examples == 1000 and spsa.float32
+    assert spsa.settings == {"epsilon": eps, "lr": 0.01, "delta": 1e-3, "iterations": 100,
+                             "samples": 256}
+    assert specs["Transfer MIM from AT"].describe()["attack"] == "transfer"
+    assert specs["Transfer MIM from AT"].describe()["settings"]["attack"] == "mim"
+    checks = E.SanityChecks.from_settings(EvalSettings(), eps)
+    assert checks.steps == (20, 100) and checks.restarts == 5 and checks.large_epsilon == 0.5
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: E.AttackSpec("PGD", pgd, kind="grey"), "kind='grey'; allowed"),
+    (lambda: E.AttackSpec("", pgd), "non-empty string"),
+    (lambda: E.AttackSpec("PGD", pgd, n_examples=10), "must cover every example"),
+    (lambda: E.AttackSpec("Clean", pgd, kind="clean"), "attack=None"),
+    (lambda: E.AttackSpec("X", "pgd"), "not callable"),
+    (lambda: E.SanityChecks(0.3, large_epsilon=0.2), "large_epsilon=0.2 must exceed"),
+    (lambda: E.SanityChecks(0.3, steps=(100, 20)), "few <= many"),
+    (lambda: E.SanityChecks(0.3, restarts=0), "restarts=0"),
+])
+def test_bad_specs_raise_helpful_errors(build, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_table_arguments_raise_helpful_errors() -> None:
+    model, data = trained_small_cnn()
+    xy = data.test_tensors(8)
+    spec = E.AttackSpec("M", mim, {"epsilon": 0.1, "step_size": 0.05, "steps": 1})
+    cases = [
+        (dict(attacks=[]), "non-empty list of AttackSpec"),
+        (dict(attacks=[spec, spec]), r"unique, \['M'\] repeat"),
+        (dict(attacks=[spec], n_examples=9), "only 8 test examples"),
+        (dict(attacks=[spec], batch_size=0), "batch_size=0"),
+        (dict(attacks=[E.CLEAN], sanity=True), "one epsilon among the white-box rows"),
+        (dict(attacks=[spec], data="mnist"), "ImageDataset or a pair"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"data": xy, "sanity": False, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            E.robustness_table(model, kwargs.pop("data"), kwargs.pop("attacks"), **kwargs)
+    with pytest.raises(FileNotFoundError, match="evaluate the run first"):
+        E.load_table("/nonexistent/run")

@@ -1,0 +1,241 @@
+"""adt.models: classifier shapes, the penultimate-feature hook, the release's WRN layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adt.models import (
+    PreActResNet18,
+    SmallCNN,
+    WideResNet,
+    build_model,
+    load_official_checkpoint,
+    penultimate_features,
+)
+
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models on 2 shared cores: a second OpenMP thread mostly spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so eval-mode outputs depend on the buffers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, nn.Linear):
+                m.bias.copy_(torch.randn(m.out_features, generator=g) * 0.1)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_small_cnn_shapes(channels: int, size: int) -> None:
+    model = SmallCNN(in_channels=channels, num_classes=7, width=8, hidden=16, image_size=size)
+    assert model(torch.rand(3, channels, size, size)).shape == (3, 7)
+    built = build_model("small_cnn", channels, 10, size, width=4, hidden=8)
+    assert built(torch.rand(2, channels, size, size)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_preact_resnet18_shapes(channels: int, size: int) -> None:
+    model = PreActResNet18(in_channels=channels, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, channels, size, size)).shape == (2, 10)
+    feats, logits = penultimate_features(model, torch.rand(2, channels, size, size))
+    assert feats.shape == (2, 512) and logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize("depth,widen", [(10, 1), (10, 2), (16, 1)])
+def test_wide_resnet_shapes(depth: int, widen: int) -> None:
+    model = WideResNet(depth=depth, widen_factor=widen, num_classes=5)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    built = build_model("wrn", 3, 100, 32, depth=depth, widen_factor=widen)
+    assert built(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+    feats, _ = penultimate_features(model, torch.rand(2, 3, 32, 32))
+    assert feats.shape == (2, 64 * widen)
+
+
+def test_wide_resnet_one_channel() -> None:
+    model = WideResNet(depth=10, widen_factor=1, in_channels=1)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_penultimate_features_small_cnn_manual() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(width=8, hidden=16).eval()
+    x = torch.rand(5, 1, 28, 28)
+    feats, logits = penultimate_features(model, x)
+    with torch.no_grad():
+        h = model.features(x)
+        h = F.relu(model.classifier[0](h))
+        h = F.relu(model.classifier[2](h))  # the input of the last Linear
+        want_logits = model.classifier[4](h)
+    assert feats.shape == (5, 16)
+    torch.testing.assert_close(feats, h, rtol=0, atol=0)
+    torch.testing.assert_close(logits, want_logits, rtol=0, atol=0)
+    torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
+    # the hook is removed afterwards: no hooks left behind on the model
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_bad_arguments() -> None:
+    for depth in (11, 27, 4):
+        with pytest.raises(ValueError, match=f"depth={depth}"):
+            WideResNet(depth=depth)
+    with pytest.raises(ValueError, match="widen_factor"):
+        WideResNet(depth=10, widen_factor=0)
+    with pytest.raises(ValueError, match="resnet50") as info:
+        build_model("resnet50", 3, 10, 32)
+    for name in ("small_cnn", "preact_resnet18", "wrn"):
+        assert name in str(info.value)
+
+
+# ----------------------------------------------------------------------------- release layout
+
+
+def _expected_wrn_keys(depth: int, widen: int) -> set[str]:
+    """The state_dict keys of the release's WideResNet (REFERENCE.md), written out."""
+    n = (depth - 4) // 6
+    widths = [16, 16 * widen, 32 * widen, 64 * widen]
+    keys = {"conv1.weight", "fc.weight", "fc.bias", *(f"bn1.{s}" for s in BN)}
+    for name, stage in (("block1", 0), ("sub_block1", 0), ("block2", 1), ("block3", 2)):
+        for i in range(n):
+            cin = widths[stage] if i == 0 else widths[stage + 1]
+            p = f"{name}.layer.{i}."
+            keys |= {p + "conv1.weight", p + "conv2.weight", *(p + "bn1." + s for s in BN),
+                     *(p + "bn2." + s for s in BN)}
+            if cin != widths[stage + 1]:
+                keys.add(p + "convShortcut.weight")
+    return keys
+
+
+@pytest.mark.parametrize("depth,widen", [(10, 1), (16, 2)])
+def test_wide_resnet_state_dict_follows_release_layout(depth: int, widen: int) -> None:
+    sd = WideResNet(depth=depth, widen_factor=widen, num_classes=10).state_dict()
+    assert set(sd) == _expected_wrn_keys(depth, widen)
+    # convShortcut exactly where in != out: block1 only when widened; always in blocks 2 and 3
+    assert ("block1.layer.0.convShortcut.weight" in sd) == (widen != 1)
+    assert "block2.layer.0.convShortcut.weight" in sd and "block3.layer.0.convShortcut.weight" in sd
+    assert sd["conv1.weight"].shape == (16, 3, 3, 3)
+    assert sd["block2.layer.0.conv1.weight"].shape == (32 * widen, 16 * widen, 3, 3)
+    assert sd["block3.layer.0.convShortcut.weight"].shape == (64 * widen, 32 * widen, 1, 1)
+    assert sd["bn1.weight"].shape == (64 * widen,) and sd["fc.weight"].shape == (10, 64 * widen)
+    for k in sd:
+        if k.startswith("block1."):
+            assert sd["sub_" + k].shape == sd[k].shape
+
+
+def _reference_wrn_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
+    """REFERENCE.md's block, written from the state_dict alone: bn-relu before each conv,
+    the shortcut from the activated input where shapes change, average pool 8, fc."""
+    def bn(prefix: str, t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, sd[prefix + "running_mean"], sd[prefix + "running_var"],
+                            sd[prefix + "weight"], sd[prefix + "bias"], False, 0.0, 1e-5)
+
+    out = F.conv2d(x, sd["conv1.weight"], padding=1)
+    for name, stride in (("block1", 1), ("block2", 2), ("block3", 2)):
+        for i in range(n):
+            p, s = f"{name}.layer.{i}.", (stride if i == 0 else 1)
+            act = F.relu(bn(p + "bn1.", out))
+            h = F.conv2d(act, sd[p + "conv1.weight"], stride=s, padding=1)
+            h = F.conv2d(F.relu(bn(p + "bn2.", h)), sd[p + "conv2.weight"], padding=1)
+            short = p + "convShortcut.weight"
+            out = h + (F.conv2d(act, sd[short], stride=s) if short in sd else out)
+    out = F.avg_pool2d(F.relu(bn("bn1.", out)), 8).flatten(1)
+    return F.linear(out, sd["fc.weight"], sd["fc.bias"])
+
+
+def test_wide_resnet_computes_the_release_block() -> None:
+    torch.manual_seed(0)
+    model = _randomise_bn(WideResNet(depth=16, widen_factor=2, num_classes=10))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference_wrn_forward(model.state_dict(), x, 2),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- load_official_checkpoint
+
+
+@pytest.fixture(scope="module")
+def wrn_and_input() -> tuple[WideResNet, torch.Tensor]:
+    torch.manual_seed(1)
+    return _randomise_bn(WideResNet(depth=16, widen_factor=2, num_classes=7)), torch.rand(4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "module_prefix", "state_dict", "state_dict_module",
+                                  "model"])
+def test_load_official_checkpoint_round_trip(tmp_path: Path, wrap: str,
+                                             wrn_and_input: tuple[WideResNet, torch.Tensor]) -> None:
+    model, x = wrn_and_input
+    sd = model.state_dict()
+    prefixed = {f"module.{k}": v for k, v in sd.items()}
+    blob = {"bare": sd, "module_prefix": prefixed, "state_dict": {"state_dict": sd, "epoch": 76},
+            "state_dict_module": {"state_dict": prefixed}, "model": {"model": sd}}[wrap]
+    path = tmp_path / "release.pt"
+    torch.save(blob, path)
+    loaded = load_official_checkpoint(path)
+    assert isinstance(loaded, WideResNet) and not loaded.training
+    assert len(loaded.block1.layer) == 2  # depth 16 read from the tensors
+    assert loaded.fc.in_features == 128 and loaded.fc.out_features == 7  # width 2, 7 classes
+    assert loaded.conv1.in_channels == 3
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_load_official_checkpoint_reads_depth_width_classes(tmp_path: Path) -> None:
+    model = WideResNet(depth=10, widen_factor=1, num_classes=100)
+    torch.save(model.state_dict(), tmp_path / "c100.pt")
+    loaded = load_official_checkpoint(tmp_path / "c100.pt")
+    assert len(loaded.block1.layer) == 1 and loaded.fc.in_features == 64
+    assert loaded.fc.out_features == 100
+
+
+def test_load_official_checkpoint_truncated(tmp_path: Path,
+                                            wrn_and_input: tuple[WideResNet, torch.Tensor]) -> None:
+    path = tmp_path / "cut.pt"
+    torch.save(wrn_and_input[0].state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as info:
+        load_official_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("other", ["small_cnn", "preact_resnet18", "not_a_dict"])
+def test_load_official_checkpoint_of_another_model(tmp_path: Path, other: str) -> None:
+    path = tmp_path / f"{other}.pt"
+    blob = {"small_cnn": lambda: SmallCNN(width=4, hidden=8).state_dict(),
+            "preact_resnet18": lambda: PreActResNet18().state_dict(),
+            "not_a_dict": lambda: [torch.zeros(3)]}[other]()
+    torch.save(blob, path)
+    with pytest.raises(ValueError) as info:
+        load_official_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_official_checkpoint_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_official_checkpoint(tmp_path / "nope.pt")

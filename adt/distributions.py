@@ -6,7 +6,7 @@ delta = epsilon * tanh(u):
     -log p(delta) = sum_j [ r_j^2 / 2 + log(2 pi) / 2 + log sigma_j
                             + log(1 - tanh(u_j)^2) + log epsilon ],   r = (u - mu) / sigma  (Eq. 11)
 
-``log(1 - tanh(u)^2)`` is computed as ``2 (log 2 - u - softplus(-2u))``, which is exact
+``log(1 - tanh(u)^2)`` is computed as ``2 (log 2 - |u| - log1p(exp(-2|u|)))``, which is exact
 and finite for every u (the naive form is ``log(0) = -inf`` once tanh(u) rounds to 1).
 """
 
@@ -16,7 +16,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 
 __all__ = ["TanhGaussian", "EntropyEstimate", "log1m_tanh_sq"]
@@ -25,8 +24,10 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def log1m_tanh_sq(u: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(u)^2), stable for large |u| (the log-Jacobian of tanh)."""
-    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    """log(1 - tanh(u)^2) = 2 (log 2 - |u| - log(1 + exp(-2|u|))), exact and finite for all u
+    (the log-Jacobian of tanh)."""
+    a = u.abs()
+    return 2.0 * (math.log(2.0) - a - torch.log1p(torch.exp(-2.0 * a)))
 
 
 class EntropyEstimate(NamedTuple):
@@ -45,8 +46,9 @@ class EntropyEstimate(NamedTuple):
 class TanhGaussian(Distribution):
     """delta = epsilon * tanh(u), u ~ N(loc, diag(scale^2)) (Eq. 8).
 
-    Batch shape ``(B,)``, event shape the image shape ``loc.shape[1:]``. Samples lie
-    strictly inside the l_inf ball of radius ``epsilon``. ``log_prob`` of a value drawn
+    Batch shape ``(B,)``, event shape the image shape ``loc.shape[1:]``. Samples lie in
+    the closed l_inf ball of radius ``epsilon`` (strictly inside but for float rounding of
+    tanh at |u| > ~9). ``log_prob`` of a value drawn
     by this object's last ``rsample``/``sample`` call reuses the pre-tanh ``u`` and is
     exact; other values are mapped back with atanh.
     """

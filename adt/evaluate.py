@@ -145,8 +145,9 @@ class AttackSpec:
                                  "it must cover every example; drop n_examples (only black-box "
                                  "rows may use a subset)")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x if self.attack is None else self.attack(model, x, y, **self.settings)
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 **extra: Any) -> torch.Tensor:
+        return x if self.attack is None else self.attack(model, x, y, **self.settings, **extra)
 
     def describe(self) -> dict[str, Any]:
         """The row's settings as plain JSON (written to eval.json)."""
@@ -603,10 +604,14 @@ def _evaluate_row(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.
     n = len(x) if spec.n_examples is None else min(spec.n_examples, len(x))
     eps = spec.settings.get("epsilon", 0.0 if spec.attack is None else math.inf)
     correct, excess = [], torch.zeros((), device=device)
+    # FeaAttack draws its target images from the whole evaluated set, not from one batch
+    # (a batch may hold a single class).
+    pool = {"target_pool": (x, y)} if spec.attack is fea_attack \
+        and "target_pool" not in spec.settings else {}
     for lo, hi in _even_batches(n, batch_size):
         xb, yb = x[lo:hi], y[lo:hi]
         with _autocast(device, autocast and not spec.float32):
-            x_adv = spec(model, xb, yb)
+            x_adv = spec(model, xb, yb, **pool)
         excess = torch.maximum(excess, torch.stack([
             ((x_adv - xb).abs() - eps).amax(), -x_adv.amin(), x_adv.amax() - 1]).amax())
         with _autocast(device, autocast), torch.no_grad():
@@ -732,3 +737,19 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     if strict:
         _report(table, strict=True)
     return table
+
+
+def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+                 step_size: float, steps: int, batch_size: int = 500, autocast: bool = True,
+                 seed: int = 0) -> float:
+    """Accuracy of ``model`` (in eval mode, modes restored) under PGD with these settings;
+    the points of the accuracy-vs-epsilon and accuracy-vs-steps curves."""
+    device = _device_of(model)
+    spec = _pgd_spec("PGD", epsilon, step_size / epsilon, steps)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with preserved_modes(model), torch.random.fork_rng(devices=cuda):
+        model.eval()
+        torch.manual_seed(seed)
+        correct = _evaluate_row(model, spec, x.to(device), y.to(device), batch_size, autocast)
+    return float(correct.float().mean())

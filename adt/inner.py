@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_epsilon, check_int_at_least, check_positive
-from adt.attacks import input_gradient, pgd
+from adt.attacks import input_gradient, pgd, preserved_modes
 from adt.distributions import TanhGaussian
 from adt.models import Encoder, Generator
 
 __all__ = ["AdversarialBatch", "InnerMaximizer", "Clean", "PGD", "ExplicitADT",
-           "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse", "eval_mode"]
+           "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse", "eval_mode",
+           "gradient_conditioning"]
 
 
 @dataclass
@@ -59,13 +60,9 @@ class AdversarialBatch:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model.eval()``, restoring the previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+    """Run a block with ``model.eval()``, restoring every submodule's mode afterwards."""
+    with preserved_modes(model):
+        yield model.eval()
 
 
 class _GradReverse(torch.autograd.Function):
@@ -200,13 +197,27 @@ def _normalised(g: torch.Tensor) -> torch.Tensor:
     return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
 
 
+def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          epsilon: float) -> torch.Tensor:
+    """[x, g1, g2], the input of both amortised generators (3C channels).
+
+    g1 = grad_x CE(f(x), y) and g2 the same gradient at the FGSM point
+    clip(x + epsilon sign(g1), 0, 1), computed with the classifier in eval mode and each
+    divided by its per-example mean absolute value (input gradients are tiny and vary in
+    scale across training; the generator sees their shape).
+    """
+    with eval_mode(model):
+        g1 = input_gradient(model, x, y)
+        g2 = input_gradient(model, (x + epsilon * g1.sign()).clamp(0.0, 1.0), y)
+    return torch.cat([x, _normalised(g1), _normalised(g2)], 1)
+
+
 class AmortizedExplicitADT(InnerMaximizer):
     """ADT_EXP-AM: a conditional generator maps [x, g1, g2] to (mu, v) of a tanh-Gaussian.
 
-    g1 = grad_x CE(f(x), y) and g2 the same gradient at the FGSM point
-    clip(x + epsilon sign(g1), 0, 1), both divided by their per-example mean absolute
-    value. One draw per input; the generator ascends CE + lambda_ H through a gradient
-    reversal, in the classifier's own backward pass (extra loss: -lambda_ H).
+    The conditioning is :func:`gradient_conditioning`. One draw per input; the generator
+    ascends CE + lambda_ H through a gradient reversal, in the classifier's own backward
+    pass (extra loss: -lambda_ H).
     """
 
     def __init__(self, in_channels: int, epsilon: float, ngf: int = 256, lambda_: float = 0.01,
@@ -220,10 +231,7 @@ class AmortizedExplicitADT(InnerMaximizer):
 
     def distribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TanhGaussian:
         """p_phi(delta | x) for a batch: the generator's (mu, v) from x and two input gradients."""
-        with eval_mode(model):
-            g1 = input_gradient(model, x, y)
-            g2 = input_gradient(model, (x + self.epsilon * g1.sign()).clamp(0.0, 1.0), y)
-        out = self.generator(torch.cat([x, _normalised(g1), _normalised(g2)], 1)).float()
+        out = self.generator(gradient_conditioning(model, x, y, self.epsilon)).float()
         mu, v = out.chunk(2, dim=1)
         return TanhGaussian(mu, F.softplus(v), self.epsilon)
 
@@ -254,11 +262,13 @@ def gaussian_nll(mean: torch.Tensor, log_std: torch.Tensor, z: torch.Tensor) -> 
 class AmortizedImplicitADT(InnerMaximizer):
     """ADT_IMP-AM: delta = epsilon tanh(g(x, z)), z ~ U(-1, 1)^noise_dim (Sec. 3.3).
 
-    z goes through an MLP (noise_dim -> 256 -> H*W) to a noise map stacked onto x.
+    The generator is ADT_EXP-AM's, conditioned on the same [x, g1, g2]
+    (:func:`gradient_conditioning`) plus one more channel: z through an MLP
+    (noise_dim -> 256 -> H*W), reshaped to a noise map.
     The entropy is kept up through a variational bound: an encoder q(z | delta)
     recovers the noise, and the generator pays ``lambda_ * relu(NLL - threshold)``
-    where NLL is the per-dimension mean of -log q(z | delta). The encoder minimises
-    that NLL on detached perturbations with its own Adam.
+    where NLL is the per-dimension mean of -log q(z | delta) under the encoder held fixed.
+    The encoder minimises that NLL on detached perturbations with its own Adam.
     """
 
     def __init__(self, in_channels: int, image_size: int, epsilon: float, ngf: int = 256,
@@ -273,29 +283,50 @@ class AmortizedImplicitADT(InnerMaximizer):
         self.lambda_, self.threshold = float(lambda_), float(threshold)
         self.noise_map = nn.Sequential(nn.Linear(noise_dim, 256), nn.ReLU(inplace=True),
                                        nn.Linear(256, image_size * image_size))
-        self.generator = Generator(in_channels + 1, in_channels, ngf)
+        self.generator = Generator(3 * in_channels + 1, in_channels, ngf)
         self.encoder = Encoder(in_channels, noise_dim)
         self.optimizer = torch.optim.Adam([*self.noise_map.parameters(),
                                            *self.generator.parameters()], lr=lr, betas=betas)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=encoder_lr,
                                                   betas=betas)
 
-    def sample(self, x: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(delta, z)``: one perturbation per image, from noise z (drawn if not given)."""
+    def conditioning(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The generator's conditioning input [x, g1, g2] for a batch."""
+        return gradient_conditioning(model, x, y, self.epsilon)
+
+    def sample_from(self, cond: torch.Tensor, z: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(delta, z)``: one perturbation per conditioning input, from noise z (drawn if
+        not given). Several draws per image: repeat ``cond`` along the batch."""
         if z is None:
-            z = torch.rand(len(x), self.noise_dim, device=x.device) * 2 - 1
-        noise_map = self.noise_map(z).view(len(x), 1, self.image_size, self.image_size)
-        out = self.generator(torch.cat([x, noise_map.to(x.dtype)], 1)).float()
+            z = torch.rand(len(cond), self.noise_dim, device=cond.device) * 2 - 1
+        noise_map = self.noise_map(z).view(len(cond), 1, self.image_size, self.image_size)
+        out = self.generator(torch.cat([cond, noise_map.to(cond.dtype)], 1)).float()
         return self.epsilon * torch.tanh(out), z
 
-    def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound."""
-        mean, log_std = self.encoder(delta / self.epsilon)
+    def sample(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(delta, z)``: one perturbation per image of the batch against ``model``."""
+        return self.sample_from(self.conditioning(model, x, y), z)
+
+    def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor,
+                    frozen_encoder: bool = False) -> torch.Tensor:
+        """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound.
+
+        With ``frozen_encoder`` the encoder acts as a fixed critic: gradients reach delta
+        but not the encoder's parameters, and its BatchNorm statistics are not updated.
+        """
+        if frozen_encoder:
+            state = {**{k: v.detach() for k, v in self.encoder.named_parameters()},
+                     **{k: v.clone() for k, v in self.encoder.named_buffers()}}
+            mean, log_std = torch.func.functional_call(self.encoder, state, (delta / self.epsilon,))
+        else:
+            mean, log_std = self.encoder(delta / self.epsilon)
         return gaussian_nll(mean.float(), log_std.float(), z).mean()
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
-        delta, z = self.sample(x)
-        nll = self.entropy_nll(delta, z)
+        delta, z = self.sample(model, x, y)
+        nll = self.entropy_nll(delta, z, frozen_encoder=True)
         penalty = self.lambda_ * F.relu(nll - self.threshold)
         encoder_loss = self.entropy_nll(delta.detach(), z)
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)

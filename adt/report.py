@@ -21,6 +21,7 @@ import torch
 
 import adt
 from adt.data import ImageDataset, load_dataset
+from adt.evaluate import RobustnessTable, evaluate_run
 from adt.io import read_json, write_json
 from adt.methods import LABELS
 from adt.profiles import Profile, get_profile
@@ -40,11 +41,13 @@ PAPER: dict[str, Any] = {
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checkout's commit (with ``-dirty`` when files differ), or ``unknown``."""
+    """The checkout's commit (``-dirty`` when code differs from it), or ``unknown``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # the pipeline rewrites notebooks/ and figures/ itself: only other changes make it dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!notebooks", ":!figures", ":!benchmarks"],
                                cwd=root, capture_output=True, text=True, check=True).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
@@ -115,6 +118,25 @@ class Context:
         return train(self.profile, method, self.seeds[0] if seed is None else seed,
                      data=self.data, device=self.device, runs_root=self.runs_root,
                      force_retrain=self.force_retrain, progress=progress)
+
+    def train_all(self, methods: Sequence[str], progress: bool = True) -> dict[str, list[Run]]:
+        """Every method's run for every seed (reused, resumed or trained)."""
+        return {m: [self.train(m, seed, progress) for seed in self.seeds] for m in methods}
+
+    def evaluate(self, runs: dict[str, list[Run]], progress: bool = True
+                 ) -> dict[str, list[RobustnessTable]]:
+        """The robustness table of every run (:func:`adt.evaluate.evaluate_run`): the
+        profile's attacks on its ``n_examples`` test images, transfer attacks from every
+        other method's model of the same seed; stored tables are reused."""
+        n = min(self.profile.eval.n_examples, len(self.data.x_test))
+        tables: dict[str, list[RobustnessTable]] = {}
+        for method, method_runs in runs.items():
+            tables[method] = []
+            for i, run in enumerate(method_runs):
+                sources = {LABELS[o]: runs[o][i].model for o in runs if o != method}
+                tables[method].append(evaluate_run(run, self.data, sources=sources, n_examples=n,
+                                                   force=self.force_retrain, progress=progress))
+        return tables
 
     def relative(self, path: Path) -> str:
         """A path as shown in outputs: relative to the repository or the output folder."""

@@ -264,6 +264,7 @@ def test_samplers_shapes_and_ball() -> None:
     draws = tanh_gaussian_sampler(dist)(4)
     assert draws.shape == (4, 3, 1, 8, 8) and (draws.abs() <= 0.1).all()
     adversary = AmortizedImplicitADT(1, 8, epsilon=0.1, ngf=4, noise_dim=8).eval()
-    draws = implicit_sampler(adversary, x)(5)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    draws = implicit_sampler(adversary, classifier, x, torch.tensor([0, 1, 2]))(5)
     assert draws.shape == (5, 3, 1, 8, 8) and (draws.abs() <= 0.1).all()
     assert (mean_pairwise_l2(draws) > 0).all()  # independent noise per draw

@@ -68,6 +68,19 @@ def test_output_in_epsilon_ball_and_unit_box(name: str, channels: int) -> None:
         assert (x_adv - x).abs().max() > EPS / 2
 
 
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mim", "cw", "fea_attack", "pgd_restarts"])
+def test_attacks_run_under_bf16_autocast(name: str) -> None:
+    """The model may run in bf16 (CUDA evaluation): losses use float32 logits, the
+    images stay float32 and in the ball."""
+    model, x, y = _tiny(3)
+    attack, settings = ATTACKS[name]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_adv = attack(model, x, y, **settings)
+    assert x_adv.dtype == torch.float32
+    assert (x_adv - x).abs().max() <= EPS + TOL and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() > EPS / 2
+
+
 def test_pgd_matches_torchattacks(trained: tuple) -> None:
     """Same settings and the same random start: accuracies within 1 percentage point."""
     model, x, y = trained

@@ -225,7 +225,7 @@ def imp_am_objective(maximizer: AmortizedImplicitADT, encoder_from: AmortizedImp
                      model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE(f(x + delta)) - lambda relu(NLL - threshold), the NLL under ``encoder_from``'s q."""
-    delta, _ = maximizer.sample(x, z)
+    delta, _ = maximizer.sample(model, x, y, z)
     x_adv = (x + delta).clamp(0, 1)
     nll = encoder_from.entropy_nll(delta, z)
     penalty = maximizer.lambda_ * F.relu(nll - maximizer.threshold)
@@ -302,10 +302,10 @@ def test_imp_am_train_step_moves_classifier_generator_and_encoder_the_right_way(
     old_model, old_max = copy.deepcopy(model), copy.deepcopy(maximizer)
     z = torch.rand(len(x), 8, generator=torch.Generator().manual_seed(10)) * 2 - 1
     original_sample = maximizer.sample
-    monkeypatch.setattr(maximizer, "sample", lambda x_, z_=None: original_sample(x_, z))
+    monkeypatch.setattr(maximizer, "sample", lambda m_, x_, y_, z_=None: original_sample(m_, x_, y_, z))
 
     j_old, x_adv = imp_am_objective(old_max, old_max, old_model, x, y, z)
-    delta_old = (old_max.sample(x, z)[0]).detach()
+    delta_old = (old_max.sample(old_model, x, y, z)[0]).detach()
     nll_old = old_max.entropy_nll(delta_old, z).item()
     ce_old = F.cross_entropy(model(x_adv), y).item()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -335,7 +335,7 @@ def test_imp_am_gradients(trained, monkeypatch):
     reference = copy.deepcopy(maximizer)
     z = torch.rand(len(x), 8, generator=torch.Generator().manual_seed(12)) * 2 - 1
     original_sample = maximizer.sample
-    monkeypatch.setattr(maximizer, "sample", lambda x_, z_=None: original_sample(x_, z))
+    monkeypatch.setattr(maximizer, "sample", lambda m_, x_, y_, z_=None: original_sample(m_, x_, y_, z))
 
     adv = maximizer(model, x, y)
     (F.cross_entropy(model(adv.x), y) + adv.extra_loss).backward()
@@ -346,7 +346,7 @@ def test_imp_am_gradients(trained, monkeypatch):
     got = [*maximizer.noise_map.parameters(), *maximizer.generator.parameters()]
     for p, g in zip(got, expected, strict=True):
         torch.testing.assert_close(p.grad, -g, rtol=1e-4, atol=1e-6 * g.abs().max())
-    delta = reference.sample(x, z)[0].detach()
+    delta = reference.sample(model, x, y, z)[0].detach()
     g_nll = torch.autograd.grad(reference.entropy_nll(delta, z),
                                 list(reference.encoder.parameters()))
     g_enc = torch.cat([p.grad.flatten() for p in maximizer.encoder.parameters()])
@@ -371,7 +371,7 @@ def test_generators_take_any_channel_count_and_size(kind, channels, size):
         delta = dist.rsample((3,))
     else:
         maximizer = AmortizedImplicitADT(channels, size, EPS, ngf=4, noise_dim=8)
-        delta, z = maximizer.sample(x)
+        delta, z = maximizer.sample(model, x, y)
         assert z.shape == (4, 8) and z.abs().max() <= 1
         nll = maximizer.entropy_nll(delta, z)
         assert nll.dim() == 0 and torch.isfinite(nll)

@@ -1,0 +1,75 @@
+"""Dry run of the `paper` profile (DESIGN.md): the user's first GPU run must not be the first
+time its code path executes.
+
+The exact configuration of the profile (WRN-28-10, the release's recipe and method settings:
+ngf 256 generators, k = 5 samples, lambda, lrs, eps 8/255, crop + flip) runs on small synthetic
+files in the CIFAR-10 on-disk format: one training step of every method through
+`adt.train.train` (checkpoint included), then one evaluation batch of every model under the
+paper's white-box attacks and AutoAttack `standard`. Only the sizes shrink (2 training images,
+batch 2, 1 test image) and the iteration counts are cut to 1 (T, PGD and attack steps, Square
+queries): the same code runs for 1 iteration as for 100.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from helpers_data import write_cifar10
+
+from adt.data import load_dataset
+from adt.evaluate import AttackSpec, robustness_table, white_box_attacks
+from adt.models import WideResNet
+from adt.profiles import METHODS, get_profile
+from adt.train import train
+
+PAPER = get_profile("paper")
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, per_batch=1, n_test=2)
+    return load_dataset("cifar10", root=root)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _dry(profile):
+    return profile.replace(
+        train_examples=2, monitor_examples=1, monitor_pgd_steps=1,
+        recipe={"epochs": 1, "batch_size": 2, "batch_size_overrides": {}},
+        methods={"adt_steps": 1, "pgd_steps": 1})
+
+
+def _cheap(spec: AttackSpec) -> AttackSpec:
+    cut = {k: 1 for k in ("steps", "square_queries", "targets") if k in spec.settings}
+    return dataclasses.replace(spec, settings={**spec.settings, **cut})
+
+
+def test_the_paper_profile_is_the_release_recipe():
+    assert PAPER.dataset == "cifar10" and PAPER.model == "wrn"
+    assert dict(PAPER.model_kwargs) == {"depth": 28, "widen_factor": 10}
+    assert PAPER.eval.autoattack == "standard" and PAPER.train_epsilon == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_training_step_and_one_evaluation_batch(method, cifar, tmp_path):
+    profile = _dry(PAPER)
+    run = train(profile, method, data=cifar, device="cpu", runs_root=tmp_path, progress=False)
+    assert isinstance(run.model, WideResNet) and run.model.fc.out_features == 10
+    assert run.model.block1.layer[0].conv1.out_channels == 160  # widen factor 10
+    record = run.metrics["history"][-1]
+    assert run.finished and torch.isfinite(torch.tensor(record["loss"]))
+    assert (run.path / "checkpoint.pt").is_file()
+    if method in ("adt_exp_am", "adt_imp_am"):
+        assert run.maximizer.generator.net[0].out_channels == 256  # the paper's ngf
+    attacks = [_cheap(s) for s in white_box_attacks(PAPER.eval, PAPER.train_epsilon)]
+    assert any(s.settings.get("version") == "standard" for s in attacks)
+    table = robustness_table(run.model, cifar, attacks, n_examples=2, batch_size=1, sanity=False)
+    assert set(table.accuracy) == {s.name for s in attacks}
+    assert 0.0 <= table.robust_accuracy <= min(table.accuracy.values())

@@ -34,7 +34,7 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
 	$(PY) -m pytest -q tests
-	ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider \
+	ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider --nbval-current-env \
 		--nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 
 lint: $(STAMP)

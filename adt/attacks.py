@@ -83,9 +83,11 @@ def cw_loss(kappa: float) -> Loss:
 # ----------------------------------------------------------------------------- building blocks
 
 def objective_gradient(objective: Objective, x: torch.Tensor) -> torch.Tensor:
-    """grad_x of ``objective(x)``; model parameters receive no gradient."""
-    x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(objective(x), x)
+    """grad_x of ``objective(x)``; model parameters receive no gradient (works inside
+    ``torch.no_grad()`` too)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x), x)
     return grad
 
 

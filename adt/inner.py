@@ -150,7 +150,8 @@ class ExplicitADT(InnerMaximizer):
         self.lr = check_positive(lr, "lr", "0.3")
 
     def distribution(self, mu: torch.Tensor, v: torch.Tensor) -> TanhGaussian:
-        return TanhGaussian(mu, F.softplus(v), self.epsilon)
+        # validate_args=False: argument validation reads a value back (a host sync per step)
+        return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
     def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor,
                   v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -233,7 +234,7 @@ class AmortizedExplicitADT(InnerMaximizer):
         """p_phi(delta | x) for a batch: the generator's (mu, v) from x and two input gradients."""
         out = self.generator(gradient_conditioning(model, x, y, self.epsilon)).float()
         mu, v = out.chunk(2, dim=1)
-        return TanhGaussian(mu, F.softplus(v), self.epsilon)
+        return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         dist = self.distribution(model, x, y)
@@ -267,8 +268,8 @@ class AmortizedImplicitADT(InnerMaximizer):
     (noise_dim -> 256 -> H*W), reshaped to a noise map.
     The entropy is kept up through a variational bound: an encoder q(z | delta)
     recovers the noise, and the generator pays ``lambda_ * relu(NLL - threshold)``
-    where NLL is the per-dimension mean of -log q(z | delta) under the encoder held fixed.
-    The encoder minimises that NLL on detached perturbations with its own Adam.
+    where NLL is the per-dimension mean of -log q(z | delta); the encoder minimises that
+    NLL with its own Adam (both from one encoder pass, see ``forward``).
     """
 
     def __init__(self, in_channels: int, image_size: int, epsilon: float, ngf: int = 256,
@@ -309,29 +310,23 @@ class AmortizedImplicitADT(InnerMaximizer):
         """``(delta, z)``: one perturbation per image of the batch against ``model``."""
         return self.sample_from(self.conditioning(model, x, y), z)
 
-    def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor,
-                    frozen_encoder: bool = False) -> torch.Tensor:
-        """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound.
-
-        With ``frozen_encoder`` the encoder acts as a fixed critic: gradients reach delta
-        but not the encoder's parameters, and its BatchNorm statistics are not updated.
-        """
-        if frozen_encoder:
-            state = {**{k: v.detach() for k, v in self.encoder.named_parameters()},
-                     **{k: v.clone() for k, v in self.encoder.named_buffers()}}
-            mean, log_std = torch.func.functional_call(self.encoder, state, (delta / self.epsilon,))
-        else:
-            mean, log_std = self.encoder(delta / self.epsilon)
+    def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound."""
+        mean, log_std = self.encoder(delta / self.epsilon)
         return gaussian_nll(mean.float(), log_std.float(), z).mean()
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         delta, z = self.sample(model, x, y)
-        nll = self.entropy_nll(delta, z, frozen_encoder=True)
-        penalty = self.lambda_ * F.relu(nll - self.threshold)
-        encoder_loss = self.entropy_nll(delta.detach(), z)
+        # One encoder pass serves both players. Its loss, the NLL, trains the encoder; the
+        # generator must instead get the gradient of the penalty lambda relu(NLL - threshold),
+        # which is the NLL's gradient times lambda 1[NLL > threshold]: a hook rescales the
+        # gradient that flows back into delta through the encoder.
+        to_encoder = delta.view_as(delta)
+        nll = self.entropy_nll(to_encoder, z)
+        scale = self.lambda_ * (nll.detach() > self.threshold).float()
+        to_encoder.register_hook(lambda grad: grad * scale)
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)
-        return AdversarialBatch(x_adv, y, extra_loss=penalty + encoder_loss,
-                                stats={"entropy_nll": nll.detach()})
+        return AdversarialBatch(x_adv, y, extra_loss=nll, stats={"entropy_nll": nll.detach()})
 
     def step(self) -> None:
         for opt in (self.optimizer, self.encoder_optimizer):

@@ -2,7 +2,8 @@
 
     python -m adt.pipeline --profile quick --device auto      # what `make reproduce` runs
 
-Executed notebooks are written in place (or to ``--executed-dir``); artefacts go to
+Executed notebooks are written in place (or to ``--executed-dir``), without papermill's
+injected-parameters cell (see :func:`clean_executed`); artefacts go to
 the profile's output folder and are listed in its ``MANIFEST.json``. Finished runs
 in ``data/runs/`` are reused unless ``--force-retrain``. A failing cell stops the
 batch with a message naming the notebook and the cell.
@@ -20,13 +21,36 @@ from adt.io import read_json, write_json
 from adt.profiles import PROFILES, get_profile
 from adt.report import MANIFEST, REPO_ROOT, default_output_dir, git_commit
 
-__all__ = ["NOTEBOOKS", "run_pipeline", "PipelineError"]
+__all__ = ["NOTEBOOKS", "run_pipeline", "PipelineError", "clean_executed"]
 
 NOTEBOOKS = ("01_method", "02_adt_exp", "03_amortized", "04_evaluation", "05_figures")
 
 
 class PipelineError(RuntimeError):
     """A notebook cell failed; the message names the notebook and the cell."""
+
+
+def clean_executed(path: str | Path) -> None:
+    """Make an executed notebook fit to commit and to run again under nbval.
+
+    Papermill adds a cell with the injected parameters: it is dropped, so the notebook's
+    own ``parameters`` cell (whose defaults read ``ADT_PROFILE`` etc.) rules when it runs
+    again; the profile that produced the outputs stays in the metadata and in every
+    figure's caption. Absolute paths and per-cell timings are removed from the metadata.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells
+                if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for c in nb.cells:
+        c.get("metadata", {}).pop("papermill", None)
+        c.get("metadata", {}).pop("execution", None)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path", "start_time", "end_time", "duration"):
+        meta.pop(key, None)
+    meta.get("parameters", {}).pop("output_dir", None)
+    nbformat.write(nb, path)
 
 
 def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str | Path | None = None,
@@ -54,6 +78,7 @@ def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str |
                 parameters={"profile": prof.name, "device": device, "output_dir": str(out),
                             "force_retrain": force_retrain},
                 cwd=str(source), progress_bar=False, log_output=log_output)
+            clean_executed(target / f"{name}.ipynb")
         except pm.PapermillExecutionError as err:
             raise PipelineError(f"{source.name}/{name}.ipynb failed in cell {err.cell_index} "
                                 f"(execution count {err.exec_count}): {err.ename}: {err.evalue}. "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ def default_output_dir(profile: Profile) -> Path:
     return REPO_ROOT / "figures" if profile.name == "quick" else REPO_ROOT / "figures" / profile.name
 
 
+def _short_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """Warnings in notebook outputs without the file path of the code that raised them."""
+    return f"{category.__name__}: {message}\n"
+
+
 @dataclass
 class Context:
     """A notebook's parameters resolved: profile, device, where runs and artefacts go."""
@@ -86,6 +92,7 @@ class Context:
                         seeds: Sequence[int] | None = None, device: str = "auto",
                         output_dir: str | None = None, force_retrain: bool = False) -> Context:
         """Resolve the papermill parameters every notebook starts with."""
+        warnings.formatwarning = _short_warning
         prof = get_profile(profile)
         if dataset:
             prof = prof.replace(dataset=dataset)

@@ -94,3 +94,21 @@ def test_a_failing_cell_stops_the_batch_and_names_notebook_and_cell(tmp_path):
     assert "cell 3" in message or "execution count" in message
     assert not (tmp_path / "ran" / "after.ipynb").exists()
     json.dumps(message)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebooks_are_executed_and_clean(name):
+    """Committed executed (quick) with no errors, no injected parameters and no machine paths,
+    and with the papermill `parameters` cell every notebook starts with."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    for key in ("profile", "dataset", "seeds", "device", "output_dir", "force_retrain"):
+        assert f"\n{key} = " in "\n" + code[0].source, key
+    assert all(c.execution_count for c in code), "every code cell ran"
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in code)
+    outputs = json.dumps([c.get("outputs", []) for c in code])
+    assert '"output_type": "error"' not in outputs
+    for machine_path in ("/work/", "/home/", "/tmp/", "/root/", "site-packages"):
+        assert machine_path not in outputs, machine_path
+    assert nb.metadata.get("papermill", {}).get("parameters", {}).get("profile") == "quick"

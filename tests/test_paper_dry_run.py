@@ -1,9 +1,10 @@
-"""Dry run of the `paper` profile (DESIGN.md): the user's first GPU run must not be the first
-time its code path executes.
+"""Dry runs of the GPU profiles (DESIGN.md): the user's first GPU run must not be the first
+time their code path executes.
 
-The exact configuration of the profile (WRN-28-10, the release's recipe and method settings:
-ngf 256 generators, k = 5 samples, lambda, lrs, eps 8/255, crop + flip) runs on small synthetic
-files in the CIFAR-10 on-disk format: one training step of every method through
+The exact configuration of `paper` (WRN-28-10, the release's recipe and method settings:
+ngf 256 generators, k = 5 samples, lambda, lrs, eps 8/255, crop + flip) and of `fashion`
+(PreActResNet18 on 1-channel 28x28 images, ngf 64) runs on small synthetic files in the
+CIFAR-10 and Fashion-MNIST on-disk formats: one training step of every method through
 `adt.train.train` (checkpoint included), then one evaluation batch of every model under the
 paper's white-box attacks and AutoAttack `standard`. Only the sizes shrink (2 training images,
 batch 2, 1 test image) and the iteration counts are cut to 1 (T, PGD and attack steps, Square
@@ -14,11 +15,11 @@ import dataclasses
 
 import pytest
 import torch
-from helpers_data import write_cifar10
+from helpers_data import write_cifar10, write_idx_dataset
 
 from adt.data import load_dataset
 from adt.evaluate import AttackSpec, robustness_table, white_box_attacks
-from adt.models import WideResNet
+from adt.models import PreActResNet18, WideResNet
 from adt.profiles import METHODS, get_profile
 from adt.train import train
 
@@ -26,10 +27,12 @@ PAPER = get_profile("paper")
 
 
 @pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
     write_cifar10(root, per_batch=1, n_test=2)
-    return load_dataset("cifar10", root=root)
+    write_idx_dataset(root / "FashionMNIST" / "raw", n_train=2, n_test=2, gz=True)
+    return {"paper": load_dataset("cifar10", root=root),
+            "fashion": load_dataset("fashion_mnist", root=root)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,18 +61,23 @@ def test_the_paper_profile_is_the_release_recipe():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_one_training_step_and_one_evaluation_batch(method, cifar, tmp_path):
-    profile = _dry(PAPER)
-    run = train(profile, method, data=cifar, device="cpu", runs_root=tmp_path, progress=False)
-    assert isinstance(run.model, WideResNet) and run.model.fc.out_features == 10
-    assert run.model.block1.layer[0].conv1.out_channels == 160  # widen factor 10
+@pytest.mark.parametrize("name", ["paper", "fashion"])
+def test_one_training_step_and_one_evaluation_batch(name, method, datasets, tmp_path):
+    full = get_profile(name)
+    data = datasets[name]
+    run = train(_dry(full), method, data=data, device="cpu", runs_root=tmp_path, progress=False)
     record = run.metrics["history"][-1]
     assert run.finished and torch.isfinite(torch.tensor(record["loss"]))
     assert (run.path / "checkpoint.pt").is_file()
+    if name == "paper":
+        assert isinstance(run.model, WideResNet) and run.model.fc.out_features == 10
+        assert run.model.block1.layer[0].conv1.out_channels == 160  # widen factor 10
+    else:
+        assert isinstance(run.model, PreActResNet18) and run.model.conv1.in_channels == 1
     if method in ("adt_exp_am", "adt_imp_am"):
-        assert run.maximizer.generator.net[0].out_channels == 256  # the paper's ngf
-    attacks = [_cheap(s) for s in white_box_attacks(PAPER.eval, PAPER.train_epsilon)]
-    assert any(s.settings.get("version") == "standard" for s in attacks)
-    table = robustness_table(run.model, cifar, attacks, n_examples=2, batch_size=1, sanity=False)
+        assert run.maximizer.generator.net[0].out_channels == full.methods.am_ngf
+    attacks = [_cheap(s) for s in white_box_attacks(full.eval, full.train_epsilon)]
+    assert any(s.settings.get("version") == full.eval.autoattack for s in attacks)
+    table = robustness_table(run.model, data, attacks, n_examples=2, batch_size=1, sanity=False)
     assert set(table.accuracy) == {s.name for s in attacks}
     assert 0.0 <= table.robust_accuracy <= min(table.accuracy.values())

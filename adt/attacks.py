@@ -36,7 +36,7 @@ from torch import nn
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
 from adt.models import penultimate_features
 
-__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "ce_sum", "ce_per_example", "margin",
+__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "sign_ascent", "ce_sum", "ce_per_example", "margin",
            "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
            "spsa", "transfer", "preserved_modes", "AUTOATTACK_VERSIONS"]
 
@@ -113,21 +113,23 @@ def _l1_normalised(grad: torch.Tensor) -> torch.Tensor:
     return grad / norm.view(-1, *([1] * (grad.dim() - 1)))
 
 
-def _sign_ascent(objective: Objective, x: torch.Tensor, x_adv: torch.Tensor, *, epsilon: float,
+def sign_ascent(objective: Objective, x: torch.Tensor, x_adv: torch.Tensor, *, epsilon: float,
                  step_size: float, steps: int, decay: float = 0.0) -> torch.Tensor:
-    """The one iterative loop of every gradient attack here:
+    """The one iterative loop of every gradient attack here (unchecked: callers validate):
 
         g_{t+1} = decay * g_t + grad / ||grad||_1   (decay > 0: MIM, Dong et al. 2018, Eq. 6)
         g_{t+1} = grad                              (decay = 0: PGD, Eq. 2 of the paper)
         x_{t+1} = Pi_{B_eps(x) cap [0,1]}(x_t + step_size * sign(g_{t+1})).
     """
-    momentum = torch.zeros_like(x)
+    momentum = torch.zeros_like(x) if decay else None
+    # the projection's bounds, computed once: Pi(v) = clamp(v, lo, hi)
+    lo, hi = (x - epsilon).clamp_(0.0, 1.0), (x + epsilon).clamp_(0.0, 1.0)
     for _ in range(steps):
         grad = objective_gradient(objective, x_adv)
-        if decay:
+        if momentum is not None:
             momentum = decay * momentum + _l1_normalised(grad)
             grad = momentum
-        x_adv = project(x_adv + step_size * grad.sign(), x, epsilon)
+        x_adv = torch.clamp(x_adv + step_size * grad.sign(), lo, hi)
     return x_adv.detach()
 
 
@@ -157,9 +159,8 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"y must hold one integer label per image ({len(x)}), got "
                          f"{type(y).__name__} {getattr(y, 'dtype', '')} "
                          f"{tuple(getattr(y, 'shape', ()))}; pass y as a LongTensor of shape (B,)")
-    # The range check reads a value back to the host; on CUDA it would stall every call
-    # (training runs PGD each step), so it runs on CPU tensors only.
-    if x.numel() and not x.is_cuda and bool((x.amin() < 0) | (x.amax() > 1)):
+    # one host sync per attack call, outside every loop (training calls sign_ascent directly)
+    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1)):
         raise ValueError(f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}], outside "
                          "[0, 1]: attacks work on unnormalised images; put any normalisation "
                          "inside the model")
@@ -196,7 +197,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     _check_iterative(x, y, epsilon, step_size, steps)
     x = x.detach()
     start = uniform_start(x, epsilon) if random_start else x
-    return _sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
+    return sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
                         step_size=step_size, steps=steps)
 
 
@@ -209,7 +210,7 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     check_positive(decay, "decay", "1.0 (the paper's MIM; decay 0 would be plain PGD)")
     x = x.detach()
     start = uniform_start(x, epsilon) if random_start else x
-    return _sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
+    return sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
                         step_size=step_size, steps=steps, decay=decay)
 
 
@@ -266,7 +267,7 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
             return -(penultimate_features(model, v)[0].float() - target).pow(2).sum()
 
         start = uniform_start(x, epsilon) if random_start else x
-        candidate = _sign_ascent(closeness, x, start, epsilon=epsilon, step_size=step_size,
+        candidate = sign_ascent(closeness, x, start, epsilon=epsilon, step_size=step_size,
                                  steps=steps)
         fooled = _misclassified(model, candidate, y)
         best, found = _keep(best, found, candidate, fooled, torch.ones_like(fooled))

@@ -235,11 +235,15 @@ def benchmark_attacks(model_name: str = "small_cnn", *, batch_size: int = 256,
     model, x, y, spec = _setup(model_name, batch_size, dev, profile, False)
     eps = spec.epsilon
     model.eval()
-    ours = _time(lambda: pgd(model, x, y, epsilon=eps, step_size=eps / 4, steps=steps), dev,
-                 warmup, 1, repeats)
     attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    runs: dict[str, list[float]] = {"ours": [], "theirs": []}
     with eval_mode(model):
-        theirs = _time(lambda: attack(x, y), dev, warmup, 1, repeats)
+        # interleaved, so that drifts of the machine's speed hit both alike
+        for _ in range(repeats):
+            runs["ours"].append(_time(lambda: pgd(model, x, y, epsilon=eps, step_size=eps / 4,
+                                                  steps=steps), dev, warmup, 1, 1))
+            runs["theirs"].append(_time(lambda: attack(x, y), dev, warmup, 1, 1))
+    ours, theirs = statistics.median(runs["ours"]), statistics.median(runs["theirs"])
     return {"model": model_name, "batch_size": batch_size, "steps": steps, "device": str(dev),
             "ours_images_per_second": batch_size / ours,
             "torchattacks_images_per_second": batch_size / theirs,

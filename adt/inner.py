@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_epsilon, check_int_at_least, check_positive
-from adt.attacks import input_gradient, pgd, preserved_modes
+from adt.attacks import ce_sum, input_gradient, preserved_modes, sign_ascent, uniform_start
 from adt.distributions import TanhGaussian
 from adt.models import Encoder, Generator
 
@@ -119,9 +119,13 @@ class PGD(InnerMaximizer):
         self.random_start = random_start
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
+        # Eq. (2) through the attacks' own loop, without their per-call input checks (a host
+        # sync each); the settings were checked once, in __init__.
+        x = x.detach()
+        start = uniform_start(x, self.epsilon) if self.random_start else x
         with eval_mode(model):
-            x_adv = pgd(model, x, y, epsilon=self.epsilon, step_size=self.step_size,
-                        steps=self.steps, random_start=self.random_start)
+            x_adv = sign_ascent(lambda v: ce_sum(model(v), y), x, start, epsilon=self.epsilon,
+                                step_size=self.step_size, steps=self.steps)
         return AdversarialBatch(x_adv, y)
 
 

@@ -136,7 +136,7 @@ class Profile:
     eval: EvalSettings = field(default_factory=EvalSettings)
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"  # "auto": cuda when available, else cpu
-    compile: bool = False  # torch.compile the classifier (CUDA fast path)
+    compile: bool = False  # torch.compile the classifier (meant for CUDA; works on any device)
     temporary_output: bool = False  # write figures to a temporary folder (smoke)
 
     def __post_init__(self) -> None:

@@ -265,7 +265,7 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
     use_amp = device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp \
         else contextlib.nullcontext
-    forward = torch.compile(model) if profile.compile and device.type == "cuda" else model
+    forward = torch.compile(model) if profile.compile else model
     batch_size = recipe.batch_size_for(method)
     n_batches = -(-len(data.x_train) // batch_size)
     x_mon, y_mon = data.test_tensors(profile.monitor_examples)

@@ -24,7 +24,6 @@ and inputs are moved to the model's device. Images live in [0, 1].
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,6 +34,7 @@ from torch import nn
 from adt._checks import check_epsilon, check_int_at_least
 from adt.attacks import input_gradient, pgd
 from adt.distributions import TanhGaussian
+from adt.models import device_of
 
 __all__ = ["Sampler", "PCA2D", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
@@ -47,15 +47,9 @@ Sampler = Callable[[int], torch.Tensor]
 
 # ----------------------------------------------------------------------------- helpers
 
-def _device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` if it has none)."""
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return fallback if tensor is None else tensor.device
-
-
 def _on_model_device(model: nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    device = _device(model, x.device)
+    device = device_of(model, x.device)
     return x.detach().to(device), y.to(device)
 
 

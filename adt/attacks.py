@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
-from adt.models import penultimate_features
+from adt.models import device_of, penultimate_features
 
 __all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "sign_ascent", "ce_sum", "ce_per_example", "margin",
            "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
-           "spsa", "transfer", "preserved_modes", "AUTOATTACK_VERSIONS"]
+           "spsa", "transfer", "preserved_modes", "isolated_rng", "AUTOATTACK_VERSIONS"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
 Objective = Callable[[torch.Tensor], torch.Tensor]  # x_adv -> scalar to ascend
@@ -326,6 +326,18 @@ def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Run a block on its own random stream: the global RNG state of the CPU and of
+    ``device`` is restored afterwards (optionally seeded with ``seed`` inside)."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 class _FloatLogits(nn.Module):
     """The model with float32 logits, so library losses are exact under bf16 autocast."""
 
@@ -342,9 +354,7 @@ def _run_library(build: Callable[[nn.Module], Any], model: nn.Module, x: torch.T
     """Run a torchattacks attack without side effects: every module's mode and the global
     RNG state (torchattacks' APGD reseeds it) are restored; the attack runs on x's
     device; the result is projected once more (float round-off) and returned there."""
-    devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
-        if x.device.type == "cuda" else []
-    with preserved_modes(model), torch.random.fork_rng(devices=devices):
+    with preserved_modes(model), isolated_rng(x.device):
         attack = build(_FloatLogits(model))
         attack.set_device(x.device)
         x_adv = attack(x.detach(), y)
@@ -417,11 +427,6 @@ def spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
         return _run_library(build, model, x, y, epsilon)
 
 
-def _device_of(model: nn.Module, default: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return default if param is None else param.device
-
-
 def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
              y: torch.Tensor, *, attack: Attack = pgd, **settings: Any) -> torch.Tensor:
     """Transfer (black-box) attack (Papernot et al. 2017): ``attack(source_model, x, y,
@@ -432,8 +437,8 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
         raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.attacks.pgd or "
                          "adt.attacks.mim")
     _check_batch(x, y)
-    source_device = _device_of(source_model, x.device)
+    source_device = device_of(source_model, x.device)
     with preserved_modes(source_model):
         source_model.eval()
         x_adv = attack(source_model, x.to(source_device), y.to(source_device), **settings)
-    return x_adv.to(_device_of(target_model, x.device))
+    return x_adv.to(device_of(target_model, x.device))

@@ -55,6 +55,7 @@ from adt.attacks import (
     cw,
     fea_attack,
     fgsm,
+    isolated_rng,
     mim,
     pgd,
     preserved_modes,
@@ -64,6 +65,7 @@ from adt.attacks import (
 )
 from adt.data import DATASETS, ImageDataset, load_dataset, to_float
 from adt.io import read_json, write_json
+from adt.models import device_of
 from adt.profiles import EvalSettings, Profile
 from adt.train import DEFAULT_RUNS_ROOT, Run, run_dir
 
@@ -516,11 +518,6 @@ def eval_path(profile: Profile, method: str, seed: int,
 
 # ----------------------------------------------------------------------------- evaluation
 
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return torch.device("cpu") if param is None else param.device
-
-
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when enabled; nothing on the CPU."""
     if enabled and device.type == "cuda":
@@ -659,7 +656,7 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
     """
     specs = _checked_specs(attacks)
     check_int_at_least(batch_size, 1, "batch_size", "200")
-    device = _device_of(model)
+    device = device_of(model)
     x, y = _examples(data, n_examples, device)
     checks = (_default_sanity(specs) if sanity is True else sanity) if sanity else None
     roles: dict[str, str] = {}
@@ -668,11 +665,8 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
         specs = specs + extra
     correct = torch.zeros(len(specs), len(x), dtype=torch.bool)
     n_evaluated, seconds = [], []
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with preserved_modes(model), torch.random.fork_rng(devices=cuda):
+    with preserved_modes(model), isolated_rng(device, seed):
         model.eval()
-        torch.manual_seed(seed)
         for i, spec in enumerate(tqdm(specs, desc="attacks", disable=not progress)):
             started = time.perf_counter()
             row = _evaluate_row(model, spec, x, y, batch_size, autocast).cpu()
@@ -721,7 +715,7 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     checks = SanityChecks.from_settings(settings, epsilon)
     path = run.path / EVAL_FILE
     if data is None:
-        data = load_dataset(profile.dataset, device=_device_of(run.model))
+        data = load_dataset(profile.dataset, device=device_of(run.model))
     n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
     config = _config(attacks, n, checks)
     if path.is_file() and not force:
@@ -744,12 +738,9 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
                  seed: int = 0) -> float:
     """Accuracy of ``model`` (in eval mode, modes restored) under PGD with these settings;
     the points of the accuracy-vs-epsilon and accuracy-vs-steps curves."""
-    device = _device_of(model)
+    device = device_of(model)
     spec = _pgd_spec("PGD", epsilon, step_size / epsilon, steps)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with preserved_modes(model), torch.random.fork_rng(devices=cuda):
+    with preserved_modes(model), isolated_rng(device, seed):
         model.eval()
-        torch.manual_seed(seed)
         correct = _evaluate_row(model, spec, x.to(device), y.to(device), batch_size, autocast)
     return float(correct.float().mean())

@@ -8,6 +8,7 @@ model) and return logits. Their penultimate features are read through one hook,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "Encoder", "MODELS",
-           "build_model", "penultimate_features", "load_official_checkpoint"]
+           "build_model", "penultimate_features", "load_official_checkpoint", "device_of"]
 
 
 class SmallCNN(nn.Module):
@@ -243,6 +244,12 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes, image_size=image_size, **kwargs)
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def device_of(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's first parameter or buffer (``default`` if it has none)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device(default) if tensor is None else tensor.device
 
 
 def final_linear(model: nn.Module) -> nn.Linear:

@@ -33,7 +33,7 @@ from adt._checks import check_choice, check_int_at_least
 from adt.attacks import pgd
 from adt.data import DATASETS, DatasetSpec, ImageDataset, load_dataset
 from adt.inner import InnerMaximizer
-from adt.io import read_json, save_torch, write_json
+from adt.io import save_torch, write_json
 from adt.methods import LABELS, METHODS, build_maximizer
 from adt.models import build_model
 from adt.profiles import Profile, get_profile
@@ -57,10 +57,6 @@ class Run:
     model: nn.Module
     maximizer: InnerMaximizer
     metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.method]
 
     @property
     def finished(self) -> bool:
@@ -329,6 +325,3 @@ def load_run(profile: str | Profile, method: str, seed: int = 0, *,
     _restore(ckpt, path / CHECKPOINT, _identity(profile, method, seed), model, maximizer)
     return Run(path, profile, method, seed, model.eval(), maximizer, ckpt["metrics"])
 
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    return read_json(Path(path) / METRICS)

@@ -115,7 +115,9 @@ class AttackSpec:
     ``kind`` is "clean", "white" (enters A_rob), "black" (transfer, SPSA; reported
     apart) or "sanity" (extra runs of the sanity checks). Black-box rows may run on the
     first ``n_examples`` only (SPSA is expensive); ``float32`` crafts without autocast;
-    ``source`` names the source model of a transfer attack.
+    ``source`` names the source model of a transfer attack; ``uses_pool`` passes the
+    whole evaluated set as ``target_pool`` (FeaAttack's target images: one batch may
+    hold a single class).
     """
 
     name: str
@@ -125,6 +127,7 @@ class AttackSpec:
     n_examples: int | None = None
     float32: bool = False
     source: str | None = None
+    uses_pool: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -156,7 +159,8 @@ class AttackSpec:
         return {"name": self.name, "kind": self.kind,
                 "attack": None if self.attack is None else _callable_name(self.attack),
                 "settings": {k: _plain(v) for k, v in self.settings.items()},
-                "n_examples": self.n_examples, "float32": self.float32, "source": self.source}
+                "n_examples": self.n_examples, "float32": self.float32, "source": self.source,
+                "uses_pool": self.uses_pool}
 
     def same_run(self, other: AttackSpec) -> bool:
         """Whether the two specs run the same attack on the same examples."""
@@ -200,7 +204,7 @@ def white_box_attacks(settings: EvalSettings, epsilon: float, *,
                                "kappa": settings.cw_kappa}),
         AttackSpec("FeaAttack", fea_attack, {
             "epsilon": epsilon, "step_size": settings.fea_step_fraction * epsilon,
-            "steps": settings.fea_steps, "targets": settings.fea_targets}),
+            "steps": settings.fea_steps, "targets": settings.fea_targets}, uses_pool=True),
         _autoattack_spec(settings, epsilon, num_classes),
     ]
 
@@ -601,10 +605,7 @@ def _evaluate_row(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.
     n = len(x) if spec.n_examples is None else min(spec.n_examples, len(x))
     eps = spec.settings.get("epsilon", 0.0 if spec.attack is None else math.inf)
     correct, excess = [], torch.zeros((), device=device)
-    # FeaAttack draws its target images from the whole evaluated set, not from one batch
-    # (a batch may hold a single class).
-    pool = {"target_pool": (x, y)} if spec.attack is fea_attack \
-        and "target_pool" not in spec.settings else {}
+    pool = {"target_pool": (x, y)} if spec.uses_pool else {}
     for lo, hi in _even_batches(n, batch_size):
         xb, yb = x[lo:hi], y[lo:hi]
         with _autocast(device, autocast and not spec.float32):

@@ -36,8 +36,8 @@ from torch import nn
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
 from adt.models import device_of, penultimate_features
 
-__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "sign_ascent", "ce_sum", "ce_per_example", "margin",
-           "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
+__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "sign_ascent",
+           "ce_sum", "ce_per_example", "margin", "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
            "spsa", "transfer", "preserved_modes", "isolated_rng", "AUTOATTACK_VERSIONS"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
@@ -114,7 +114,7 @@ def _l1_normalised(grad: torch.Tensor) -> torch.Tensor:
 
 
 def sign_ascent(objective: Objective, x: torch.Tensor, x_adv: torch.Tensor, *, epsilon: float,
-                 step_size: float, steps: int, decay: float = 0.0) -> torch.Tensor:
+                step_size: float, steps: int, decay: float = 0.0) -> torch.Tensor:
     """The one iterative loop of every gradient attack here (unchecked: callers validate):
 
         g_{t+1} = decay * g_t + grad / ||grad||_1   (decay > 0: MIM, Dong et al. 2018, Eq. 6)
@@ -198,7 +198,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     x = x.detach()
     start = uniform_start(x, epsilon) if random_start else x
     return sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
-                        step_size=step_size, steps=steps)
+                       step_size=step_size, steps=steps)
 
 
 def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
@@ -211,7 +211,7 @@ def mim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     x = x.detach()
     start = uniform_start(x, epsilon) if random_start else x
     return sign_ascent(lambda v: loss_fn(model(v), y), x, start, epsilon=epsilon,
-                        step_size=step_size, steps=steps, decay=decay)
+                       step_size=step_size, steps=steps, decay=decay)
 
 
 def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
@@ -268,7 +268,7 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
 
         start = uniform_start(x, epsilon) if random_start else x
         candidate = sign_ascent(closeness, x, start, epsilon=epsilon, step_size=step_size,
-                                 steps=steps)
+                                steps=steps)
         fooled = _misclassified(model, candidate, y)
         best, found = _keep(best, found, candidate, fooled, torch.ones_like(fooled))
         if early_stop and bool(found.all()):

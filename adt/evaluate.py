@@ -165,7 +165,8 @@ class AttackSpec:
     def same_run(self, other: AttackSpec) -> bool:
         """Whether the two specs run the same attack on the same examples."""
         return (self.attack is other.attack and dict(self.settings) == dict(other.settings)
-                and self.n_examples == other.n_examples and self.float32 == other.float32)
+                and self.n_examples == other.n_examples and self.float32 == other.float32
+                and self.uses_pool == other.uses_pool)
 
 
 CLEAN = AttackSpec("Clean", None, kind="clean")

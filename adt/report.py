@@ -133,15 +133,15 @@ class Context:
     def evaluate(self, runs: dict[str, list[Run]], progress: bool = True
                  ) -> dict[str, list[RobustnessTable]]:
         """The robustness table of every run (:func:`adt.evaluate.evaluate_run`): the
-        profile's attacks on its ``n_examples`` test images, transfer attacks from every
-        other method's model of the same seed; stored tables are reused."""
-        n = min(self.profile.eval.n_examples, len(self.data.x_test))
+        profile's attacks on its ``n_examples`` test images (capped at the test split),
+        transfer attacks from every other method's model of the same seed; stored tables
+        are reused."""
         tables: dict[str, list[RobustnessTable]] = {}
         for method, method_runs in runs.items():
             tables[method] = []
             for i, run in enumerate(method_runs):
                 sources = {LABELS[o]: runs[o][i].model for o in runs if o != method}
-                tables[method].append(evaluate_run(run, self.data, sources=sources, n_examples=n,
+                tables[method].append(evaluate_run(run, self.data, sources=sources,
                                                    force=self.force_retrain, progress=progress))
         return tables
 

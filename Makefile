@@ -1,6 +1,6 @@
 # The whole set-up on a fresh machine is one of these two commands:
 #   make reproduce   regenerate every table and figure (profile quick, CPU, ~20 min)
-#   make test        the test suite: unit tests, nbval over the notebooks, the pipeline (smoke)
+#   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
 # Options: make reproduce PROFILE=fashion DEVICE=cuda
 
 SHELL := /bin/bash
@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml environment.yml
 reproduce: $(STAMP)
 	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE)
 
+# One pytest run: nbval executes the notebooks (smoke) first, writing their figures, tables and
+# MANIFEST.json to ADT_OUTPUT_DIR; tests/test_pipeline.py then checks those outputs, so every
+# notebook executes once per `make test`.
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
-	$(PY) -m pytest -q tests
-	ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider --nbval-current-env \
-		--nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$out $(PY) -m pytest -q -p no:cacheprovider \
+		--nbval-current-env --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		notebooks/ tests/; status=$$?; rm -rf $$out; exit $$status
 
 lint: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks

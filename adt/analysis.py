@@ -28,13 +28,19 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from adt._checks import check_epsilon, check_int_at_least
-from adt.attacks import input_gradient, pgd
+from adt._checks import check_epsilon, check_int_at_least, check_positive
 from adt.distributions import TanhGaussian
-from adt.models import device_of
+from adt.primitives import (
+    ce_sum,
+    check_batch,
+    cross_entropy,
+    input_gradient,
+    sign_ascent,
+    uniform_start,
+)
+from adt.runtime import device_of, per_example
 
 __all__ = ["Sampler", "PCA2D", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
@@ -51,18 +57,6 @@ def _on_model_device(model: nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     device = device_of(model, x.device)
     return x.detach().to(device), y.to(device)
-
-
-def _ce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-    """Cross-entropy, computed in float32 for half-precision logits (float64 kept)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, y, reduction=reduction)
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a ``(B,)`` vector to broadcast against ``like`` of shape ``(B, ...)``."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _linf(t: torch.Tensor) -> torch.Tensor:
@@ -87,16 +81,21 @@ def pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
                  step_size: float, steps: int, restarts: int) -> torch.Tensor:
     """PGD adversarial images from ``restarts`` independent uniform random starts (Figure 1).
 
-    All restarts run as one batch of ``restarts * B`` images through
-    :func:`adt.attacks.pgd` (Eq. 2). Returns adversarial images (not perturbations)
+    All restarts run as one batch of ``restarts * B`` images through PGD's loop
+    (:func:`adt.primitives.sign_ascent`, Eq. 2). Returns adversarial images (not perturbations)
     of shape ``(restarts, B, C, H, W)``, each in the l_inf ball around its x and in [0, 1].
     Memory grows with ``restarts * B``; chunk the batch of images if needed.
     """
     check_int_at_least(restarts, 1, "restarts", "100 (one per sample of the ADT distribution)")
+    check_epsilon(epsilon)
+    check_positive(step_size, "step_size", "epsilon / 4 (2/255 at 8/255)")
+    check_int_at_least(steps, 1, "steps", "20")
     x, y = _on_model_device(model, x, y)
     x_rep = x.repeat(restarts, *([1] * (x.dim() - 1)))  # restart-major: row r*B + b
-    x_adv = pgd(model, x_rep, y.repeat(restarts), epsilon=epsilon, step_size=step_size,
-                steps=steps, random_start=True)
+    y_rep = y.repeat(restarts)
+    check_batch(x_rep, y_rep)
+    x_adv = sign_ascent(lambda v: ce_sum(model(v), y_rep), x_rep, uniform_start(x_rep, epsilon),
+                        epsilon=epsilon, step_size=step_size, steps=steps)
     return x_adv.view(restarts, *x.shape)
 
 
@@ -168,14 +167,14 @@ def surface_directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """
     check_epsilon(epsilon)
     x, y = _on_model_device(model, x, y)
-    g = input_gradient(model, x, y, lambda logits, t: _ce(logits, t, "sum")).sign()
+    g = input_gradient(model, x, y, lambda logits, t: cross_entropy(logits, t, "sum")).sign()
     r = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
     g_flat, r_flat = g.flatten(1), r.flatten(1)
     coeff = (r_flat * g_flat).sum(1) / g_flat.square().sum(1).clamp_min(1.0)
-    r = r - _per_example(coeff, r) * g
+    r = r - per_example(coeff, r) * g
     radius = scale * epsilon
-    g = g * _per_example(radius / _linf(g).clamp_min(1e-12), g)
-    r = r * _per_example(radius / _linf(r).clamp_min(1e-12), r)
+    g = g * per_example(radius / _linf(g).clamp_min(1e-12), g)
+    r = r * per_example(radius / _linf(r).clamp_min(1e-12), r)
     return g, r
 
 
@@ -193,7 +192,7 @@ def _surface_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch
             if clip:
                 points = points.clamp(0.0, 1.0)
             logits = model(points.flatten(0, 1))
-            losses.append(_ce(logits, y.repeat(len(chunk))).view(len(chunk), len(x)))
+            losses.append(cross_entropy(logits, y.repeat(len(chunk))).view(len(chunk), len(x)))
     return torch.cat(losses)
 
 
@@ -231,7 +230,7 @@ def loss_surface(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
 def _unit(v: torch.Tensor) -> torch.Tensor:
     """v divided by its per-example l2 norm (a zero vector stays zero)."""
     norms = v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / _per_example(norms, v)
+    return v / per_example(norms, v)
 
 
 def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -251,7 +250,7 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     check_int_at_least(iterations, 1, "iterations", "20")
     x, y = _on_model_device(model, x, y)
     x = x.requires_grad_(True)
-    (grad,) = torch.autograd.grad(_ce(model(x), y, "sum"), x, create_graph=True)
+    (grad,) = torch.autograd.grad(cross_entropy(model(x), y, "sum"), x, create_graph=True)
     v = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
     estimate = torch.zeros(len(x), device=x.device, dtype=x.dtype)
     for _ in range(iterations):

@@ -1,6 +1,6 @@
 """l_inf attacks as plain functions ``(model, x, y, *, epsilon, ...) -> x_adv``.
 
-White-box attacks of the paper's evaluation protocol (REFERENCE.md):
+White-box attacks of the paper's evaluation protocol (REPRODUCTION.md, "Evaluation protocol"):
 
 * :func:`fgsm`   one signed-gradient step of size epsilon (Goodfellow et al. 2015);
 * :func:`pgd`    projected sign ascent on the cross-entropy, Eq. (2) (Madry et al. 2018);
@@ -24,118 +24,35 @@ the model may run under bf16 autocast. Outputs always satisfy
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
-from adt.models import device_of, penultimate_features
+from adt.models import penultimate_features
+from adt.primitives import (
+    Loss,
+    ce_per_example,
+    ce_sum,
+    check_batch,
+    cw_loss,
+    input_gradient,
+    misclassified,
+    project,
+    sign_ascent,
+    uniform_start,
+)
+from adt.runtime import device_of, isolated_rng, per_example, preserved_modes
 
-__all__ = ["input_gradient", "objective_gradient", "project", "uniform_start", "sign_ascent",
-           "ce_sum", "ce_per_example", "margin", "cw_loss", "fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
-           "spsa", "transfer", "preserved_modes", "isolated_rng", "AUTOATTACK_VERSIONS"]
+__all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack", "spsa",
+           "transfer", "AUTOATTACK_VERSIONS", "Attack"]
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to ascend
-Objective = Callable[[torch.Tensor], torch.Tensor]  # x_adv -> scalar to ascend
 Attack = Callable[..., torch.Tensor]  # (model, x, y, **settings) -> x_adv
 
 AUTOATTACK_VERSIONS = ("standard", "cheap")
-
-
-# ----------------------------------------------------------------------------- losses
-
-def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the batch: each example's gradient is its own loss's."""
-    return F.cross_entropy(logits.float(), y, reduction="sum")
-
-
-def ce_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each example, shape (B,)."""
-    return F.cross_entropy(logits.float(), y, reduction="none")
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """max_{j != y} z_j - z_y per example: > 0 exactly when the example is misclassified."""
-    z = logits.float()
-    true = z.gather(1, y[:, None]).squeeze(1)
-    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
-    return other - true
-
-
-def cw_loss(kappa: float) -> Loss:
-    """The C&W loss of Carlini & Wagner (2017) for l_inf PGD, summed over the batch:
-
-        L(x) = min(max_{j != y} z_j(x) - z_y(x), kappa),
-
-    i.e. the margin, saturated once the wrong class leads by kappa. It equals the
-    common form ``-relu(z_y - max_{j != y} z_j + kappa)`` plus the constant kappa, so
-    both have the same gradient.
-    """
-    check_positive(kappa, "kappa", "50 (the paper's C&W confidence)")
-    return lambda logits, y: margin(logits, y).clamp(max=kappa).sum()
-
-
-# ----------------------------------------------------------------------------- building blocks
-
-def objective_gradient(objective: Objective, x: torch.Tensor) -> torch.Tensor:
-    """grad_x of ``objective(x)``; model parameters receive no gradient (works inside
-    ``torch.no_grad()`` too)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x), x)
-    return grad
-
-
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   loss_fn: Loss = ce_sum) -> torch.Tensor:
-    """grad_x of ``loss_fn(model(x), y)``; the model's parameters receive no gradient."""
-    return objective_gradient(lambda v: loss_fn(model(v), y), x)
-
-
-def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Projection onto the l_inf ball of radius epsilon around x, intersected with [0, 1]."""
-    return torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp_(0.0, 1.0)
-
-
-def uniform_start(x: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """A uniform draw from the epsilon ball around x, clipped to [0, 1] (Madry et al. 2018)."""
-    return (x + torch.empty_like(x).uniform_(-epsilon, epsilon)).clamp(0.0, 1.0)
-
-
-def _l1_normalised(grad: torch.Tensor) -> torch.Tensor:
-    """grad / ||grad||_1 per example (a zero gradient stays zero)."""
-    norm = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
-    return grad / norm.view(-1, *([1] * (grad.dim() - 1)))
-
-
-def sign_ascent(objective: Objective, x: torch.Tensor, x_adv: torch.Tensor, *, epsilon: float,
-                step_size: float, steps: int, decay: float = 0.0) -> torch.Tensor:
-    """The one iterative loop of every gradient attack here (unchecked: callers validate):
-
-        g_{t+1} = decay * g_t + grad / ||grad||_1   (decay > 0: MIM, Dong et al. 2018, Eq. 6)
-        g_{t+1} = grad                              (decay = 0: PGD, Eq. 2 of the paper)
-        x_{t+1} = Pi_{B_eps(x) cap [0,1]}(x_t + step_size * sign(g_{t+1})).
-    """
-    momentum = torch.zeros_like(x) if decay else None
-    # the projection's bounds, computed once: Pi(v) = clamp(v, lo, hi)
-    lo, hi = (x - epsilon).clamp_(0.0, 1.0), (x + epsilon).clamp_(0.0, 1.0)
-    for _ in range(steps):
-        grad = objective_gradient(objective, x_adv)
-        if momentum is not None:
-            momentum = decay * momentum + _l1_normalised(grad)
-            grad = momentum
-        x_adv = torch.clamp(x_adv + step_size * grad.sign(), lo, hi)
-    return x_adv.detach()
-
-
-def _misclassified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).float().argmax(1) != y
 
 
 def _keep(best: torch.Tensor, found: torch.Tensor, candidate: torch.Tensor,
@@ -143,27 +60,8 @@ def _keep(best: torch.Tensor, found: torch.Tensor, candidate: torch.Tensor,
     """Per example: keep the first successful result; until one succeeds, take the candidate
     where it succeeds or is ``better``. Returns (new best, new found)."""
     take = ~found & (candidate_found | better)
-    best = torch.where(take.view(-1, *([1] * (best.dim() - 1))), candidate, best)
+    best = torch.where(per_example(take, best), candidate, best)
     return best, found | candidate_found
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Images (B, ...) as floats in [0, 1] and B integer labels (checked before any loop)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError(f"x must be a float tensor of images (B, C, H, W), got "
-                         f"{type(x).__name__} {getattr(x, 'dtype', '')} "
-                         f"{tuple(getattr(x, 'shape', ()))}; convert uint8 images with x.float() / 255")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x) or y.is_floating_point():
-        raise ValueError(f"y must hold one integer label per image ({len(x)}), got "
-                         f"{type(y).__name__} {getattr(y, 'dtype', '')} "
-                         f"{tuple(getattr(y, 'shape', ()))}; pass y as a LongTensor of shape (B,)")
-    # one host sync per attack call, outside every loop (training calls sign_ascent directly)
-    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1)):
-        raise ValueError(f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}], outside "
-                         "[0, 1]: attacks work on unnormalised images; put any normalisation "
-                         "inside the model")
 
 
 def _check_iterative(x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float,
@@ -171,7 +69,7 @@ def _check_iterative(x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size
     check_epsilon(epsilon)
     check_positive(step_size, "step_size", "epsilon / 4 (2/255 at 8/255)")
     check_int_at_least(steps, 1, "steps", "20")
-    _check_batch(x, y)
+    check_batch(x, y)
 
 
 # ----------------------------------------------------------------------------- white-box attacks
@@ -183,7 +81,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     One step, no random start (the paper's protocol).
     """
     check_epsilon(epsilon)
-    _check_batch(x, y)
+    check_batch(x, y)
     return (x + epsilon * input_gradient(model, x, y, loss_fn).sign()).clamp(0.0, 1.0).detach()
 
 
@@ -255,7 +153,7 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
     _check_iterative(x, y, epsilon, step_size, steps)
     check_int_at_least(targets, 1, "targets", "9 (one per other class on CIFAR-10)")
     pool_x, pool_y = (x, y) if target_pool is None else target_pool
-    _check_batch(pool_x, pool_y)
+    check_batch(pool_x, pool_y)
     x = x.detach()
     idx = _other_class_targets(y, pool_y, min(targets, len(pool_y)))
     best, found = x, torch.zeros_like(y, dtype=torch.bool)
@@ -269,7 +167,7 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
         start = uniform_start(x, epsilon) if random_start else x
         candidate = sign_ascent(closeness, x, start, epsilon=epsilon, step_size=step_size,
                                 steps=steps)
-        fooled = _misclassified(model, candidate, y)
+        fooled = misclassified(model, candidate, y)
         best, found = _keep(best, found, candidate, fooled, torch.ones_like(fooled))
         if early_stop and bool(found.all()):
             break
@@ -314,29 +212,6 @@ def with_restarts(attack: Attack, restarts: int, *, loss_fn: Loss = ce_per_examp
 
 
 # ----------------------------------------------------------------------------- library attacks
-
-@contextlib.contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every submodule's train/eval flag on exit (torchattacks switches modes)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-@contextlib.contextmanager
-def isolated_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
-    """Run a block on its own random stream: the global RNG state of the CPU and of
-    ``device`` is restored afterwards (optionally seeded with ``seed`` inside)."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
-
 
 class _FloatLogits(nn.Module):
     """The model with float32 logits, so library losses are exact under bf16 autocast."""
@@ -383,7 +258,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
     check_int_at_least(steps, 1, "steps", "100 (the original AutoAttack)")
     check_int_at_least(targets, 1, "targets", "9 (the original AutoAttack)")
     check_int_at_least(square_queries, 1, "square_queries", "5000 (the original AutoAttack)")
-    _check_batch(x, y)
+    check_batch(x, y)
     n_targets = min(targets, num_classes - 1) + 1  # torchattacks: "n_classes" = targets + 1
 
     def build(net: nn.Module) -> Any:
@@ -417,7 +292,7 @@ def spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
     check_int_at_least(iterations, 1, "iterations", "100")
     check_int_at_least(samples, 1, "samples", "256")
     check_int_at_least(max_batch_size, 1, "max_batch_size", "64")
-    _check_batch(x, y)
+    check_batch(x, y)
 
     def build(net: nn.Module) -> Any:
         return torchattacks.SPSA(net, eps=epsilon, delta=delta, lr=lr, nb_iter=iterations,
@@ -436,7 +311,7 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
     if not callable(attack):
         raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.attacks.pgd or "
                          "adt.attacks.mim")
-    _check_batch(x, y)
+    check_batch(x, y)
     source_device = device_of(source_model, x.device)
     with preserved_modes(source_model):
         source_model.eval()

@@ -18,7 +18,6 @@ NCHW) so the speed-up is measured side by side. Results go to stdout and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import platform
@@ -37,24 +36,17 @@ from torch.utils.flop_counter import flop_registry
 from adt._checks import check_choice, check_int_at_least
 from adt.attacks import pgd
 from adt.data import DATASETS
-from adt.inner import eval_mode
 from adt.methods import LABELS, METHODS, build_maximizer
 from adt.models import MODELS, build_model
-from adt.profiles import MethodSettings, Profile, get_profile
-from adt.train import resolve_device, train_step
+from adt.profiles import Profile, get_profile
+from adt.runtime import autocast, eval_mode, resolve_device
+from adt.train import train_step
 
-__all__ = ["passes_per_image", "time_train_steps", "reference_adt_exp_step",
+__all__ = ["time_train_steps", "reference_adt_exp_step",
            "benchmark_training", "benchmark_attacks", "main"]
 
 #: The classifier shapes the benchmark knows, with the dataset whose images they take.
 _MODEL_DATA = {"small_cnn": "mnist5k", "preact_resnet18": "cifar10", "wrn": "cifar10"}
-
-
-def passes_per_image(method: str, settings: MethodSettings) -> int:
-    """Forward+backward passes of the classifier per training image (generators not counted)."""
-    return {"standard": 1, "pgd_at": settings.pgd_steps + 1,
-            "adt_exp": settings.adt_steps * settings.adt_num_samples + 1,
-            "adt_exp_am": 3, "adt_imp_am": 1}[method]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -158,7 +150,8 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
                      reference: bool = True) -> list[dict[str, Any]]:
     """Time one training step of each method on random data; one row per method.
 
-    ``fast_path`` (default: on for CUDA) is the trainer's: bf16 autocast and channels_last.
+    ``fast_path`` (default: on for CUDA) is the trainer's: bf16 autocast (on CUDA only)
+    and channels_last.
     """
     dev = resolve_device(device)
     fast = dev.type == "cuda" if fast_path is None else fast_path
@@ -166,18 +159,17 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
     check_choice(model_name, MODELS, "model")
     check_int_at_least(batch_size, 1, "batch_size", "128")
     check_int_at_least(steps, 1, "steps", "5")
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if fast \
-        else contextlib.nullcontext
+    amp = functools.partial(autocast, dev, fast)
     rows = []
     for method in methods:
         model, x, y, spec = _setup(model_name, batch_size, dev, profile, fast, model_kwargs)
-        maximizer = build_maximizer(method, profile, spec, epsilon=spec.epsilon).to(dev)
+        maximizer = build_maximizer(method, profile.methods, spec, spec.epsilon).to(dev)
         if fast:
             maximizer = maximizer.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        step = functools.partial(train_step, model.train(), maximizer, optimizer, x, y, autocast)
+        step = functools.partial(train_step, model.train(), maximizer, optimizer, x, y, amp)
         rows.append(_measure(LABELS[method], method, step, dev, warmup, steps, repeats,
-                             batch_size, passes_per_image(method, profile.methods)))
+                             batch_size, maximizer.passes_per_image))
     if reference and "adt_exp" in methods:
         model, x, y, spec = _setup(model_name, min(batch_size, 64), dev, profile, False,
                                    model_kwargs)
@@ -189,8 +181,9 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
                                    steps=s.adt_steps, num_samples=s.adt_num_samples,
                                    lambda_=s.adt_lambda, lr=s.adt_lr)
 
+        passes = build_maximizer("adt_exp", s, spec, spec.epsilon).passes_per_image
         rows.append(_measure("ADT_EXP (reference-style loop)", "adt_exp_reference", ref_step, dev,
-                             warmup, steps, repeats, len(x), passes_per_image("adt_exp", s)))
+                             warmup, steps, repeats, len(x), passes))
     _add_ratios(rows)
     return rows
 

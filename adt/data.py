@@ -3,8 +3,8 @@
 Every dataset is read into four tensors (train/test images as ``uint8`` of shape
 ``(N, C, H, W)`` and ``int64`` labels) and moved to the device once. Batches are
 drawn, augmented (random crop with 4 pixels of zero padding and horizontal flip,
-where the recipe of REFERENCE.md asks for it) and converted to floats in [0, 1]
-on that device, so no CPU DataLoader sits between the data and the GPU.
+where the release's recipe asks for it, REPRODUCTION.md) and converted to floats in
+[0, 1] on that device, so no CPU DataLoader sits between the data and the GPU.
 
 The readers understand torchvision's on-disk formats; torchvision itself is only
 used to fetch the files when ``download=True``.

@@ -36,7 +36,7 @@ class EntropyEstimate(NamedTuple):
     ``total``: -log p(delta) summed over the pixels (Eq. 11), an unbiased estimate of H(p).
     ``per_pixel``: the mean over pixels of the part of -log p(delta) that depends on the
     parameters, log sigma + log(1 - tanh(u)^2); the scaling the release uses with
-    lambda = 0.01 (REFERENCE.md).
+    lambda = 0.01 (REPRODUCTION.md, "ADT_EXP as released").
     """
 
     total: torch.Tensor

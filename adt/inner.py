@@ -22,9 +22,7 @@ attribute so the trainer may ramp it.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_epsilon, check_int_at_least, check_positive
-from adt.attacks import ce_sum, input_gradient, preserved_modes, sign_ascent, uniform_start
 from adt.distributions import TanhGaussian
 from adt.models import Encoder, Generator
+from adt.primitives import ce_sum, input_gradient, l1_normalised, sign_ascent, uniform_start
+from adt.runtime import eval_mode
 
 __all__ = ["AdversarialBatch", "InnerMaximizer", "Clean", "PGD", "ExplicitADT",
-           "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse", "eval_mode",
+           "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse",
            "gradient_conditioning"]
 
 
@@ -56,13 +55,6 @@ class AdversarialBatch:
     y: torch.Tensor
     extra_loss: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model.eval()``, restoring every submodule's mode afterwards."""
-    with preserved_modes(model):
-        yield model.eval()
 
 
 class _GradReverse(torch.autograd.Function):
@@ -89,6 +81,12 @@ class InnerMaximizer(nn.Module):
 
     epsilon: float
 
+    @property
+    def passes_per_image(self) -> int:
+        """Forward+backward passes of the classifier per training image in one training
+        step, the training pass included (the cost unit of the paper's Sec. 4)."""
+        raise NotImplementedError
+
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         raise NotImplementedError
 
@@ -102,6 +100,8 @@ class Clean(InnerMaximizer):
     def __init__(self, epsilon: float = 0.0) -> None:
         super().__init__()
         self.epsilon = epsilon
+
+    passes_per_image = 1  # the training pass only
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         return AdversarialBatch(x, y)
@@ -117,6 +117,10 @@ class PGD(InnerMaximizer):
         self.step_size = check_positive(step_size, "step_size", "epsilon / 4")
         self.steps = check_int_at_least(steps, 1, "steps", "7")
         self.random_start = random_start
+
+    @property
+    def passes_per_image(self) -> int:
+        return self.steps + 1  # one per ascent step, then the training pass
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         # Eq. (2) through the attacks' own loop, without their per-call input checks (a host
@@ -152,6 +156,10 @@ class ExplicitADT(InnerMaximizer):
             raise ValueError(f"lambda_={lambda_!r} must be >= 0; use e.g. 0.01 (the paper's)")
         self.lambda_ = float(lambda_)
         self.lr = check_positive(lr, "lr", "0.3")
+
+    @property
+    def passes_per_image(self) -> int:
+        return self.steps * self.num_samples + 1  # T steps of k draws, then the training pass
 
     def distribution(self, mu: torch.Tensor, v: torch.Tensor) -> TanhGaussian:
         # validate_args=False: argument validation reads a value back (a host sync per step)
@@ -197,11 +205,6 @@ class ExplicitADT(InnerMaximizer):
         return AdversarialBatch((x + delta).clamp(0.0, 1.0), y, stats={"entropy": entropy})
 
 
-def _normalised(g: torch.Tensor) -> torch.Tensor:
-    """A gradient divided by its per-example mean absolute value (a scale-free generator input)."""
-    return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
-
-
 def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           epsilon: float) -> torch.Tensor:
     """[x, g1, g2], the input of both amortised generators (3C channels).
@@ -214,7 +217,7 @@ def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     with eval_mode(model):
         g1 = input_gradient(model, x, y)
         g2 = input_gradient(model, (x + epsilon * g1.sign()).clamp(0.0, 1.0), y)
-    return torch.cat([x, _normalised(g1), _normalised(g2)], 1)
+    return torch.cat([x, l1_normalised(g1, mean=True), l1_normalised(g2, mean=True)], 1)
 
 
 class AmortizedExplicitADT(InnerMaximizer):
@@ -224,6 +227,8 @@ class AmortizedExplicitADT(InnerMaximizer):
     ascends CE + lambda_ H through a gradient reversal, in the classifier's own backward
     pass (extra loss: -lambda_ H).
     """
+
+    passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
 
     def __init__(self, in_channels: int, epsilon: float, ngf: int = 256, lambda_: float = 0.01,
                  lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999)) -> None:
@@ -275,6 +280,8 @@ class AmortizedImplicitADT(InnerMaximizer):
     where NLL is the per-dimension mean of -log q(z | delta); the encoder minimises that
     NLL with its own Adam (both from one encoder pass, see ``forward``).
     """
+
+    passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
 
     def __init__(self, in_channels: int, image_size: int, epsilon: float, ngf: int = 256,
                  noise_dim: int = 64, lambda_: float = 1.0, threshold: float = 0.9,

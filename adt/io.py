@@ -1,4 +1,8 @@
-"""Atomic file writes (temp file + rename): an interrupted write never leaves a half file."""
+"""Atomic file writes (temp file + rename): an interrupted write never leaves a half file.
+
+No torch at import time (the papermill launcher uses the JSON helpers); ``save_torch``
+imports it when called.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import torch
 
 __all__ = ["atomic_write", "save_torch", "write_json", "read_json"]
 
@@ -36,6 +38,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:
+    import torch
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -50,10 +54,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

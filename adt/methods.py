@@ -1,8 +1,22 @@
-"""The five training methods by name, built from a profile's settings."""
+"""The training methods: their names, labels, colours, settings, and their maximisers.
+
+Everything that names a method lives here; profiles, the trainer, the benchmark and the
+notebooks import it.
+
+| method       | label      | inner maximiser (``adt.inner``)          |
+|--------------|------------|------------------------------------------|
+| `standard`   | Standard   | :class:`Clean`                           |
+| `pgd_at`     | AT (PGD)   | :class:`PGD`, Eq. (2)                    |
+| `adt_exp`    | ADT_EXP    | :class:`ExplicitADT`, Eq. (8)-(11)       |
+| `adt_exp_am` | ADT_EXP-AM | :class:`AmortizedExplicitADT`, Sec. 3.2  |
+| `adt_imp_am` | ADT_IMP-AM | :class:`AmortizedImplicitADT`, Sec. 3.3  |
+"""
 
 from __future__ import annotations
 
-from adt._checks import check_choice
+from dataclasses import dataclass
+
+from adt._checks import check_choice, check_int_at_least, check_positive
 from adt.data import DatasetSpec
 from adt.inner import (
     PGD,
@@ -12,30 +26,64 @@ from adt.inner import (
     ExplicitADT,
     InnerMaximizer,
 )
-from adt.profiles import METHODS, Profile
 
-__all__ = ["METHODS", "LABELS", "build_maximizer"]
+__all__ = ["METHODS", "LABELS", "METHOD_COLORS", "MethodSettings", "build_maximizer"]
+
+#: Training methods in the order of the paper's tables.
+METHODS = ("standard", "pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
 
 #: How tables and figures name each method (the paper's names).
 LABELS = {"standard": "Standard", "pgd_at": "AT (PGD)", "adt_exp": "ADT_EXP",
           "adt_exp_am": "ADT_EXP-AM", "adt_imp_am": "ADT_IMP-AM"}
 
+#: One colour per method, the same in every figure.
+METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "adt_exp": "#d62728",
+                 "adt_exp_am": "#ff7f0e", "adt_imp_am": "#2ca02c"}
 
-def build_maximizer(method: str, profile: Profile, spec: DatasetSpec,
-                    epsilon: float | None = None) -> InnerMaximizer:
-    """The inner maximiser of ``method`` with the profile's settings for dataset ``spec``."""
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The inner maximisation of every method, with the paper's symbols (the defaults are
+    the release's: REPRODUCTION.md, "ADT_EXP as released" and the sections after it)."""
+
+    pgd_steps: int = 7
+    pgd_step_fraction: float = 0.25  # 2/255 at epsilon 8/255
+    adt_steps: int = 7  # T
+    adt_num_samples: int = 5  # k
+    adt_lambda: float = 0.01
+    adt_lr: float = 0.3
+    am_ngf: int = 256
+    am_lambda: float = 0.01
+    am_lr: float = 2e-4
+    imp_noise_dim: int = 64
+    imp_lambda: float = 1.0
+    imp_threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_int_at_least(self.pgd_steps, 1, "pgd_steps", "7")
+        check_positive(self.pgd_step_fraction, "pgd_step_fraction", "0.25")
+        check_int_at_least(self.adt_steps, 1, "adt_steps", "7")
+        check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
+        check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
+        check_int_at_least(self.imp_noise_dim, 1, "imp_noise_dim", "64")
+
+
+def build_maximizer(method: str, settings: MethodSettings, spec: DatasetSpec,
+                    epsilon: float) -> InnerMaximizer:
+    """The inner maximiser of ``method`` with ``settings`` for images of dataset ``spec``
+    at radius ``epsilon``."""
     check_choice(method, METHODS, "method")
-    eps = profile.train_epsilon if epsilon is None else epsilon
-    s = profile.methods
+    s = settings
     channels, size = spec.image_shape[0], spec.image_shape[1]
     if method == "standard":
-        return Clean(eps)
+        return Clean(epsilon)
     if method == "pgd_at":
-        return PGD(eps, step_size=s.pgd_step_fraction * eps, steps=s.pgd_steps)
+        return PGD(epsilon, step_size=s.pgd_step_fraction * epsilon, steps=s.pgd_steps)
     if method == "adt_exp":
-        return ExplicitADT(eps, steps=s.adt_steps, num_samples=s.adt_num_samples,
+        return ExplicitADT(epsilon, steps=s.adt_steps, num_samples=s.adt_num_samples,
                            lambda_=s.adt_lambda, lr=s.adt_lr)
     if method == "adt_exp_am":
-        return AmortizedExplicitADT(channels, eps, ngf=s.am_ngf, lambda_=s.am_lambda, lr=s.am_lr)
-    return AmortizedImplicitADT(channels, size, eps, ngf=s.am_ngf, noise_dim=s.imp_noise_dim,
+        return AmortizedExplicitADT(channels, epsilon, ngf=s.am_ngf, lambda_=s.am_lambda,
+                                    lr=s.am_lr)
+    return AmortizedImplicitADT(channels, size, epsilon, ngf=s.am_ngf, noise_dim=s.imp_noise_dim,
                                 lambda_=s.imp_lambda, threshold=s.imp_threshold, lr=s.am_lr)

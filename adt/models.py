@@ -8,7 +8,6 @@ model) and return logits. Their penultimate features are read through one hook,
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "Encoder", "MODELS",
-           "build_model", "penultimate_features", "load_official_checkpoint", "device_of"]
+           "build_model", "penultimate_features", "load_official_checkpoint"]
 
 
 class SmallCNN(nn.Module):
@@ -118,7 +117,7 @@ class _WideStage(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-widen_factor in the layout of the ADT release (REFERENCE.md).
+    """WRN-depth-widen_factor in the layout of the ADT release (REPRODUCTION.md, "Checkpoint layout of the release").
 
     ``sub_block1`` is an unused copy of ``block1`` that the release's checkpoints
     carry; it is kept so their ``state_dict`` loads strictly.
@@ -244,12 +243,6 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes, image_size=image_size, **kwargs)
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
-
-
-def device_of(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
-    """The device of the model's first parameter or buffer (``default`` if it has none)."""
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return torch.device(default) if tensor is None else tensor.device
 
 
 def final_linear(model: nn.Module) -> nn.Linear:

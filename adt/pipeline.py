@@ -15,11 +15,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from adt.io import read_json, write_json
-from adt.profiles import PROFILES, get_profile
-from adt.report import MANIFEST, REPO_ROOT, default_output_dir, git_commit
+from adt.io import read_json
+from adt.provenance import (
+    MANIFEST,
+    PROFILE_NAMES,
+    REPO_ROOT,
+    TEMPORARY_PROFILES,
+    default_output_dir,
+    record_batch,
+)
 
 __all__ = ["NOTEBOOKS", "run_pipeline", "PipelineError", "clean_executed"]
 
@@ -61,8 +66,10 @@ def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str |
     return the path of the manifest they filled."""
     import papermill as pm
 
-    prof = get_profile(profile)
-    out = Path(output_dir) if output_dir else default_output_dir(prof)
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
+    out = Path(output_dir) if output_dir else default_output_dir(profile,
+                                                                 profile in TEMPORARY_PROFILES)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the manifest lists this batch's artefacts only
     source = Path(notebooks_dir) if notebooks_dir else REPO_ROOT / "notebooks"
@@ -71,11 +78,11 @@ def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str |
     timings: dict[str, float] = {}
     for name in notebooks:
         started = time.perf_counter()
-        print(f"[adt.pipeline] {name} (profile {prof.name}, device {device})", flush=True)
+        print(f"[adt.pipeline] {name} (profile {profile}, device {device})", flush=True)
         try:
             pm.execute_notebook(
                 str(source / f"{name}.ipynb"), str(target / f"{name}.ipynb"),
-                parameters={"profile": prof.name, "device": device, "output_dir": str(out),
+                parameters={"profile": profile, "device": device, "output_dir": str(out),
                             "force_retrain": force_retrain},
                 cwd=str(source), progress_bar=False, log_output=log_output)
             clean_executed(target / f"{name}.ipynb")
@@ -85,18 +92,16 @@ def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str |
                                 f"The executed notebook with the traceback is "
                                 f"{target / f'{name}.ipynb'}") from err
         timings[name] = round(time.perf_counter() - started, 1)
-    manifest_path = out / MANIFEST
-    manifest: dict[str, Any] = read_json(manifest_path) if manifest_path.exists() else {"artefacts": {}}
-    manifest.update({"profile": prof.name, "device": device, "commit": git_commit(),
-                     "notebook_seconds": timings})
-    write_json(manifest, manifest_path)
-    print(f"[adt.pipeline] {len(manifest['artefacts'])} artefacts listed in {manifest_path}")
+    manifest_path = record_batch(out, profile=profile, device=device,
+                                 notebook_seconds=timings)
+    print(f"[adt.pipeline] {len(read_json(manifest_path)['artefacts'])} artefacts listed in "
+          f"{manifest_path}")
     return manifest_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--executed-dir", default=None,

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adt.methods import LABELS
-from adt.report import METHOD_COLORS
-from adt.train import Run
+from adt.methods import LABELS, METHOD_COLORS
+from adt.runs import Run
 
 __all__ = ["plot_training_curves"]
 

@@ -1,4 +1,4 @@
-"""Named experiment profiles (DESIGN.md): one validated, frozen dataclass each.
+"""Named experiment profiles: one validated, frozen dataclass each.
 
 | profile   | where          | data, model                           | purpose                         |
 |-----------|----------------|---------------------------------------|---------------------------------|
@@ -20,14 +20,10 @@ from typing import Any
 
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
 from adt.data import DATASETS
+from adt.methods import METHODS, MethodSettings
 from adt.models import MODELS
 
-__all__ = ["Recipe", "MethodSettings", "EvalSettings", "Profile", "PROFILES", "get_profile",
-           "METHODS"]
-
-#: Training methods in the order of the paper's tables.
-METHODS = ("standard", "pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
-
+__all__ = ["Recipe", "EvalSettings", "Profile", "PROFILES", "get_profile"]
 
 @dataclass(frozen=True)
 class Recipe:
@@ -57,34 +53,8 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class MethodSettings:
-    """The inner maximisation of every method, with the paper's symbols."""
-
-    pgd_steps: int = 7
-    pgd_step_fraction: float = 0.25  # 2/255 at epsilon 8/255
-    adt_steps: int = 7  # T
-    adt_num_samples: int = 5  # k
-    adt_lambda: float = 0.01
-    adt_lr: float = 0.3
-    am_ngf: int = 256
-    am_lambda: float = 0.01
-    am_lr: float = 2e-4
-    imp_noise_dim: int = 64
-    imp_lambda: float = 1.0
-    imp_threshold: float = 0.9
-
-    def __post_init__(self) -> None:
-        check_int_at_least(self.pgd_steps, 1, "pgd_steps", "7")
-        check_positive(self.pgd_step_fraction, "pgd_step_fraction", "0.25")
-        check_int_at_least(self.adt_steps, 1, "adt_steps", "7")
-        check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
-        check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
-        check_int_at_least(self.imp_noise_dim, 1, "imp_noise_dim", "64")
-
-
-@dataclass(frozen=True)
 class EvalSettings:
-    """The evaluation protocol of REFERENCE.md, sized per profile."""
+    """The evaluation protocol (REPRODUCTION.md, "Evaluation protocol"), sized per profile."""
 
     n_examples: int = 10_000
     batch_size: int = 200
@@ -130,7 +100,7 @@ class Profile:
     train_examples: int | None = None  # None: the whole training split
     monitor_examples: int = 500  # test images for the per-epoch clean/PGD accuracy
     monitor_pgd_steps: int = 10
-    epsilon: float | None = None  # None: the dataset's (REFERENCE.md)
+    epsilon: float | None = None  # None: the dataset's (REPRODUCTION.md)
     recipe: Recipe = field(default_factory=Recipe)
     methods: MethodSettings = field(default_factory=MethodSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)

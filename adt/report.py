@@ -4,14 +4,11 @@ A notebook builds one :class:`Context` from its papermill parameters; figures an
 tables are saved through it, so every artefact lands in the profile's output folder
 (``figures/`` for ``quick``, ``figures/<profile>/`` for the others, a temporary
 folder for ``smoke``) and is listed in ``MANIFEST.json`` with the notebook, the runs
-and the git commit that produced it.
+and the git commit that produced it (:mod:`adt.provenance`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,39 +17,24 @@ from typing import Any
 
 import torch
 
-import adt
 from adt.data import ImageDataset, load_dataset
-from adt.evaluate import RobustnessTable, evaluate_run
-from adt.io import read_json, write_json
-from adt.methods import LABELS
+from adt.evaluate import evaluate_run
+from adt.inner import InnerMaximizer
+from adt.methods import LABELS, build_maximizer
 from adt.profiles import Profile, get_profile
-from adt.train import Run, resolve_device, train
+from adt.provenance import REPO_ROOT, default_output_dir, record_artefact
+from adt.runs import Run
+from adt.runtime import resolve_device
+from adt.table import RobustnessTable
+from adt.train import train
 
-__all__ = ["REPO_ROOT", "PAPER", "Context", "markdown_table", "git_commit", "MANIFEST",
-           "METHOD_COLORS", "set_style", "manifest_artefacts"]
+__all__ = ["PAPER", "Context", "markdown_table", "set_style"]
 
-REPO_ROOT = Path(adt.__file__).resolve().parents[1]
-MANIFEST = "MANIFEST.json"
-
-#: Numbers the paper reports, where REFERENCE.md gives them (shown beside ours).
+#: Numbers the paper reports, where REPRODUCTION.md records them (shown beside ours).
 PAPER: dict[str, Any] = {
     "figure1_mean_pairwise_l2": {"adt_exp": 1.95, "pgd_restarts": 1.56,
                                  "setting": "CIFAR-10, standard-trained model, 100 test images"},
 }
-
-
-def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checkout's commit (``-dirty`` when code differs from it), or ``unknown``."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        # the pipeline rewrites notebooks/ and figures/ itself: only other changes make it dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":!notebooks", ":!figures", ":!benchmarks"],
-                               cwd=root, capture_output=True, text=True, check=True).stdout
-        return commit + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -61,12 +43,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
              "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def default_output_dir(profile: Profile) -> Path:
-    if profile.temporary_output:
-        return Path(tempfile.gettempdir()) / f"adt-{profile.name}"
-    return REPO_ROOT / "figures" if profile.name == "quick" else REPO_ROOT / "figures" / profile.name
 
 
 def _short_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
@@ -97,7 +73,7 @@ class Context:
         if dataset:
             prof = prof.replace(dataset=dataset)
         dev = resolve_device(device if device != "auto" else prof.device)
-        out = Path(output_dir) if output_dir else default_output_dir(prof)
+        out = Path(output_dir) if output_dir else default_output_dir(prof.name, prof.temporary_output)
         if not out.is_absolute():
             out = REPO_ROOT / out
         runs_root = out / "runs" if prof.temporary_output else REPO_ROOT / "data" / "runs"
@@ -115,6 +91,11 @@ class Context:
     @property
     def epsilon(self) -> float:
         return self.profile.train_epsilon
+
+    def maximizer(self, method: str) -> InnerMaximizer:
+        """A fresh inner maximiser of ``method`` with the profile's settings, on the device."""
+        return build_maximizer(method, self.profile.methods, self.data.spec,
+                               self.epsilon).to(self.device)
 
     def test_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test images (floats in [0, 1]) and labels, on the device."""
@@ -171,18 +152,14 @@ class Context:
 
     def _record(self, name: str, files: list[Path], kind: str, runs: Sequence[Run | Path],
                 caption: str, n_examples: int | None, extra: dict[str, Any] | None) -> None:
-        manifest_path = self.output_dir / MANIFEST
-        manifest = read_json(manifest_path) if manifest_path.exists() else {"artefacts": {}}
-        manifest["artefacts"][name] = {
+        record_artefact(self.output_dir, name, {
             "kind": kind, "files": [self.relative(f).removeprefix("<output>/") for f in files],
             "notebook": f"notebooks/{self.notebook}.ipynb", "caption": caption,
             "profile": self.profile.name, "dataset": self.profile.dataset,
             "model": self.profile.model, "model_kwargs": dict(self.profile.model_kwargs),
             "seeds": list(self.seeds), "n_examples": n_examples,
             "runs": [self.relative(r.path if isinstance(r, Run) else r) for r in runs],
-            "commit": git_commit(), "created": _dt.datetime.now(_dt.UTC).isoformat(
-                timespec="seconds"), **(extra or {})}
-        write_json(manifest, manifest_path)
+            **(extra or {})})
 
     def save_figure(self, fig: Any, name: str, *, caption: str, runs: Sequence[Run | Path] = (),
                     n_examples: int | None = None, extra: dict[str, Any] | None = None) -> list[Path]:
@@ -217,17 +194,6 @@ class Context:
         md_path.write_text(md)
         self._record(name, [csv_path, md_path], "table", runs, caption, n_examples, extra)
         return md
-
-
-def manifest_artefacts(output_dir: Path) -> dict[str, Any]:
-    path = Path(output_dir) / MANIFEST
-    return read_json(path)["artefacts"] if path.exists() else {}
-
-
-
-#: One colour per method, the same in every figure.
-METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "adt_exp": "#d62728",
-                 "adt_exp_am": "#ff7f0e", "adt_imp_am": "#2ca02c"}
 
 
 def set_style() -> None:

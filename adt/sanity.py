@@ -1,0 +1,256 @@
+"""Checks against false robustness (Athalye et al. 2018; Carlini et al. 2019, "On
+evaluating adversarial robustness", Sec. 5), as small plain functions.
+
+Each check reads a table's per-example correctness matrix (no attack runs here) and
+returns a :class:`CheckResult`:
+
+(a) :func:`more_steps_help` and :func:`restarts_help`: more PGD steps, or random
+    restarts, must not raise the accuracy;
+(b) :func:`large_epsilon_breaks`: an attack with a large budget (default epsilon 0.5,
+    enough to turn every image in [0, 1] into the same grey image) must drive the
+    accuracy to about zero;
+(c) :func:`white_beats_black`: white-box attacks must not be weaker than black-box ones
+    (transfer, SPSA);
+(d) :func:`autoattack_beats_pgd`: AutoAttack must not be weaker than PGD.
+
+Comparisons of two attacks on the same examples use a one-sided McNemar test
+(:func:`significantly_higher`): the rise is flagged when (up - down) > z * sqrt(up +
+down) and (up - down) / n > tolerance, with up (down) the examples robust under the
+supposedly stronger attack and not (only) under the weaker one; so a few examples of
+noise never trip a check.
+
+:class:`SanityChecks` holds the settings and names the extra runs the checks need
+(:meth:`SanityChecks.specs`); :func:`run_checks` runs them all; :func:`report` warns
+(:class:`GradientMaskingWarning`) or raises (:class:`GradientMaskingError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adt._checks import check_epsilon, check_int_at_least, check_positive
+from adt.attacks import pgd, with_restarts
+from adt.profiles import EvalSettings
+from adt.protocol import AttackSpec, pgd_spec
+
+if TYPE_CHECKING:
+    from adt.table import RobustnessTable
+
+__all__ = ["SanityChecks", "CheckResult", "GradientMaskingWarning", "GradientMaskingError",
+           "significantly_higher", "more_steps_help", "restarts_help", "large_epsilon_breaks",
+           "white_beats_black", "autoattack_beats_pgd", "run_checks", "report"]
+
+
+class GradientMaskingWarning(UserWarning):
+    """A sanity check of the robustness table failed: the robustness may be false."""
+
+
+class GradientMaskingError(RuntimeError):
+    """Raised instead of the warning with ``strict=True``."""
+
+
+@dataclass(frozen=True)
+class SanityChecks:
+    """Settings of the checks against false robustness (see the module docstring).
+
+    PGD runs use ``step_fraction * epsilon`` steps; ``steps`` = (few, many) for check
+    (a); ``restarts`` restarts of PGD-few for (a); PGD-``large_steps`` at
+    ``large_epsilon`` must leave at most ``max_large_accuracy`` for (b); ``z`` and
+    ``tolerance`` set the noise band of the pairwise comparisons.
+    """
+
+    epsilon: float
+    step_fraction: float = 0.25
+    steps: tuple[int, int] = (20, 100)
+    restarts: int = 5
+    large_epsilon: float = 0.5
+    large_steps: int = 20
+    max_large_accuracy: float = 0.05
+    tolerance: float = 0.01
+    z: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon, "sanity epsilon")
+        check_positive(self.step_fraction, "sanity step_fraction", "0.25")
+        if len(self.steps) != 2 or self.steps[0] > self.steps[1]:
+            raise ValueError(f"sanity steps={self.steps!r} must be (few, many) with few <= many, "
+                             "e.g. (20, 100)")
+        for steps in self.steps:
+            check_int_at_least(steps, 1, "sanity steps", "(20, 100)")
+        check_int_at_least(self.restarts, 1, "sanity restarts", "5")
+        check_epsilon(self.large_epsilon, "large_epsilon")
+        if self.large_epsilon <= self.epsilon:
+            raise ValueError(f"large_epsilon={self.large_epsilon} must exceed epsilon="
+                             f"{self.epsilon}; use e.g. 0.5 (any image can be made grey)")
+        check_int_at_least(self.large_steps, 1, "large_steps", "20")
+        if not 0.0 <= self.max_large_accuracy < 1.0:
+            raise ValueError(f"max_large_accuracy={self.max_large_accuracy} must be in [0, 1); "
+                             "use e.g. 0.05")
+        if self.tolerance < 0 or self.z < 0:
+            raise ValueError(f"tolerance={self.tolerance} and z={self.z} must be >= 0; use e.g. "
+                             "0.01 and 3")
+
+    @classmethod
+    def from_settings(cls, settings: EvalSettings, epsilon: float) -> SanityChecks:
+        """The checks for a profile: its PGD steps (shortest, longest), step size and
+        ``sanity_restarts``; the large-epsilon PGD takes max(10, shortest) steps."""
+        few, many = min(settings.pgd_steps), max(settings.pgd_steps)
+        return cls(epsilon=epsilon, step_fraction=settings.step_fraction, steps=(few, many),
+                   restarts=settings.sanity_restarts, large_steps=max(10, few))
+
+    @classmethod
+    def from_dict(cls, blob: dict[str, Any]) -> SanityChecks:
+        return cls(**{**blob, "steps": tuple(blob["steps"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def specs(self) -> dict[str, AttackSpec]:
+        """The runs the checks need, by role (rows of the table are reused when equal)."""
+        few, many = self.steps
+        base = pgd_spec(f"PGD-{few}", self.epsilon, self.step_fraction, few, kind="sanity")
+        return {
+            "few": base,
+            "many": pgd_spec(f"PGD-{many}", self.epsilon, self.step_fraction, many,
+                             kind="sanity"),
+            "restarts": dataclasses.replace(base, name=f"PGD-{few} x{self.restarts} restarts",
+                                            attack=with_restarts(pgd, self.restarts)),
+            "large": pgd_spec(f"PGD-{self.large_steps} at eps={self.large_epsilon:g}",
+                              self.large_epsilon, self.step_fraction, self.large_steps,
+                              kind="sanity"),
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: ``status`` is "passed", "failed" or "skipped"; ``values``
+    holds the numbers it was decided on."""
+
+    name: str
+    status: str
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "message": self.message,
+                **self.values}
+
+    @classmethod
+    def from_dict(cls, blob: dict[str, Any]) -> CheckResult:
+        keys = ("name", "status", "message")
+        return cls(*(blob[k] for k in keys), {k: v for k, v in blob.items() if k not in keys})
+
+    def __str__(self) -> str:
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in self.values.items())
+        return f"{self.name} ({self.message}: {values})"
+
+
+def _result(name: str, failed: bool | None, message: str, **values: Any) -> CheckResult:
+    status = "skipped" if failed is None else "failed" if failed else "passed"
+    return CheckResult(name, status, message, values)
+
+
+def significantly_higher(stronger: torch.Tensor, weaker: torch.Tensor, checks: SanityChecks
+                         ) -> tuple[bool, dict[str, Any]]:
+    """Whether the accuracy under ``stronger`` (per-example correctness) is significantly
+    above that under ``weaker`` on the same examples (one-sided McNemar, see module doc)."""
+    up = int((stronger & ~weaker).sum())
+    down = int((~stronger & weaker).sum())
+    n = len(stronger)
+    rise = (up - down) / n
+    flagged = (up - down) > checks.z * math.sqrt(up + down) and rise > checks.tolerance
+    return flagged, {"accuracy": float(stronger.float().mean()),
+                     "reference_accuracy": float(weaker.float().mean()),
+                     "rise": rise, "n": n, "up": up, "down": down}
+
+
+def _no_rise(table: RobustnessTable, checks: SanityChecks, roles: dict[str, str], role: str,
+             what: str) -> CheckResult:
+    flagged, values = significantly_higher(table.row(roles[role]), table.row(roles["few"]),
+                                            checks)
+    return _result(f"pgd_{role}", flagged, f"{roles[role]} vs {roles['few']}: accuracy must not "
+                   f"rise with {what}", **values)
+
+
+def more_steps_help(table: RobustnessTable, checks: SanityChecks,
+                    roles: dict[str, str]) -> CheckResult:
+    """(a) PGD-many must not be weaker than PGD-few."""
+    return _no_rise(table, checks, roles, "many", "more steps")
+
+
+def restarts_help(table: RobustnessTable, checks: SanityChecks,
+                  roles: dict[str, str]) -> CheckResult:
+    """(a) PGD-few with restarts must not be weaker than PGD-few."""
+    return _no_rise(table, checks, roles, "restarts", "random restarts")
+
+
+def large_epsilon_breaks(table: RobustnessTable, checks: SanityChecks,
+                         roles: dict[str, str]) -> CheckResult:
+    """(b) PGD at a large epsilon must leave about no accuracy."""
+    large = table.accuracy_of(roles["large"])
+    return _result("large_epsilon", large > checks.max_large_accuracy,
+                   f"{roles['large']}: accuracy must fall to about 0 (<= "
+                   f"{checks.max_large_accuracy:g})", accuracy=large)
+
+
+def white_beats_black(table: RobustnessTable, checks: SanityChecks) -> list[CheckResult]:
+    """(c) The worst case over the white-box rows must not be weaker than any black-box row."""
+    black = [n for n, k in zip(table.names, table.kinds, strict=True) if k == "black"]
+    if not black:
+        return [_result("white_vs_black", None, "no black-box rows in the table")]
+    worst = table.worst_case()
+    out = []
+    for name in black:
+        row = table.row(name)
+        flagged, values = significantly_higher(worst[:len(row)], row, checks)
+        out.append(_result(f"white_vs_black[{name}]", flagged, "worst-case white-box accuracy "
+                           f"must not exceed the black-box {name}", **values))
+    return out
+
+
+def autoattack_beats_pgd(table: RobustnessTable, checks: SanityChecks,
+                         roles: dict[str, str]) -> list[CheckResult]:
+    """(d) AutoAttack must not be weaker than PGD-few."""
+    auto = [s["name"] for s in table.specs if s["attack"] == "autoattack"]
+    if not auto:
+        return [_result("autoattack_vs_pgd", None, "no AutoAttack row in the table")]
+    out = []
+    for name in auto:
+        flagged, values = significantly_higher(table.row(name), table.row(roles["few"]), checks)
+        out.append(_result(f"autoattack_vs_pgd[{name}]", flagged,
+                           f"{name} must not be weaker than {roles['few']}", **values))
+    return out
+
+
+def run_checks(table: RobustnessTable) -> list[CheckResult]:
+    """Every check, (a)-(d), on a table's correctness matrix (none when the table was made
+    without checks)."""
+    checks, roles = table.sanity, table.roles
+    if checks is None:
+        return []
+    return [more_steps_help(table, checks, roles), restarts_help(table, checks, roles),
+            large_epsilon_breaks(table, checks, roles), *white_beats_black(table, checks),
+            *autoattack_beats_pgd(table, checks, roles)]
+
+
+def report(table: RobustnessTable, strict: bool, stacklevel: int = 3) -> None:
+    """Warn (or raise, strict) when a check failed."""
+    failed = [c for c in table.checks if c.failed]
+    if not failed:
+        return
+    message = ("possible gradient masking / false robustness: sanity checks failed: "
+               + "; ".join(map(str, failed)) + ". Do not report these accuracies as robustness.")
+    if strict:
+        raise GradientMaskingError(message)
+    warnings.warn(message, GradientMaskingWarning, stacklevel=stacklevel)

@@ -34,7 +34,9 @@ class Recipe:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    lr_milestones: tuple[int, ...] = (75,)  # epochs after which lr *= lr_gamma
+    # lr *= lr_gamma once this many epochs are done: (74,) runs epochs 75 and 76 (numbered
+    # from 1) at 0.01, as the release does
+    lr_milestones: tuple[int, ...] = (74,)
     lr_gamma: float = 0.1
     epsilon_warmup_epochs: int = 0  # linear ramp of the training epsilon over these epochs
     batch_size_overrides: Mapping[str, int] = field(default_factory=dict)  # method -> batch
@@ -65,7 +67,7 @@ class EvalSettings:
     cw_kappa: float = 50.0
     fea_steps: int = 50
     fea_step_fraction: float = 0.125  # 1/255 at 8/255
-    fea_targets: int = 9  # candidate target images (of other classes) per example
+    fea_targets: int = 200  # target images (of other labels, drawn with replacement) per example
     autoattack: str = "standard"  # "standard" or "cheap" (apgd-ce + apgd-t)
     spsa_examples: int = 1000
     spsa_iterations: int = 100
@@ -175,10 +177,10 @@ _QUICK = Profile(
     description="every table and figure on a 2-core CPU in minutes (mnist5k, SmallCNN)",
     dataset="mnist5k", model="small_cnn", model_kwargs={"width": 16, "hidden": 100},
     monitor_examples=200,
-    recipe=Recipe(epochs=8, batch_size=64, lr=0.01, lr_milestones=(7,),
+    recipe=Recipe(epochs=8, batch_size=64, lr=0.01, lr_milestones=(6,),
                   epsilon_warmup_epochs=4),
     methods=MethodSettings(am_ngf=8),
-    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=3,
+    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=9,
                       autoattack="cheap", spsa_examples=40, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
@@ -193,7 +195,7 @@ _FASHION = Profile(
     recipe=Recipe(epochs=10, batch_size=128, lr=0.1, lr_milestones=(8,),
                   epsilon_warmup_epochs=2),
     methods=MethodSettings(am_ngf=64),
-    eval=EvalSettings(n_examples=2000, batch_size=500, spsa_examples=500),
+    eval=EvalSettings(n_examples=2000, batch_size=500, fea_targets=10, spsa_examples=500),
     device="cuda",
 )
 

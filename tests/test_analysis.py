@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -24,15 +23,6 @@ from adt.analysis import (
 )
 from adt.distributions import TanhGaussian
 from adt.inner import AmortizedImplicitADT
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: thread hand-offs would dominate their run time on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def linear_model(shape: tuple[int, ...], classes: int, seed: int = 0,

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
-from helpers_eval import trained_small_cnn
+from conftest import trained_small_cnn
 from torch import nn
 
 from adt import attacks as A
+from adt import primitives as P
 from adt.models import SmallCNN
 
 TOL = 1e-6  # float round-off of x + epsilon - x
@@ -113,10 +114,10 @@ def test_mim_accumulates_l1_normalised_momentum(trained: tuple) -> None:
     def unit(d: torch.Tensor) -> torch.Tensor:
         return d / d.abs().sum(dim=(1, 2, 3), keepdim=True)
 
-    d1 = A.input_gradient(model, x, y)
-    x1 = A.project(x + alpha * unit(d1).sign(), x, eps)
-    g2 = decay * unit(d1) + unit(A.input_gradient(model, x1, y))
-    expected = A.project(x1 + alpha * g2.sign(), x, eps)
+    d1 = P.input_gradient(model, x, y)
+    x1 = P.project(x + alpha * unit(d1).sign(), x, eps)
+    g2 = decay * unit(d1) + unit(P.input_gradient(model, x1, y))
+    expected = P.project(x1 + alpha * g2.sign(), x, eps)
     got = A.mim(model, x, y, epsilon=eps, step_size=alpha, steps=2, decay=decay,
                 random_start=False)
     assert torch.allclose(got, expected, atol=1e-6)
@@ -127,10 +128,10 @@ def test_mim_accumulates_l1_normalised_momentum(trained: tuple) -> None:
 def test_margin_and_cw_loss() -> None:
     logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 70.0]])
     y = torch.tensor([1, 0])
-    assert torch.equal(A.margin(logits, y), torch.tensor([-3.0, 70.0]))
-    assert A.cw_loss(50.0)(logits, y) == -3.0 + 50.0  # the second saturates at kappa
+    assert torch.equal(P.margin(logits, y), torch.tensor([-3.0, 70.0]))
+    assert P.cw_loss(50.0)(logits, y) == -3.0 + 50.0  # the second saturates at kappa
     probe = logits.clone().requires_grad_(True)
-    A.cw_loss(50.0)(probe, y).backward()
+    P.cw_loss(50.0)(probe, y).backward()
     assert torch.equal(probe.grad[1], torch.zeros(3))  # no gradient beyond kappa
 
 
@@ -139,7 +140,7 @@ def test_cw_lowers_the_margin_of_the_true_class(trained: tuple) -> None:
     x, y = x[:32], y[:32]
     x_adv = A.cw(model, x, y, epsilon=0.1, step_size=0.025, steps=5)
     with torch.no_grad():
-        assert A.margin(model(x_adv), y).mean() > A.margin(model(x), y).mean() + 1.0
+        assert P.margin(model(x_adv), y).mean() > P.margin(model(x), y).mean() + 1.0
 
 
 def test_fea_attack_targets_other_classes_and_fools(trained: tuple) -> None:
@@ -216,7 +217,7 @@ def test_spsa_raises_the_margin(trained: tuple) -> None:
     x, y = x[:16], y[:16]
     x_adv = A.spsa(model, x, y, epsilon=0.3, lr=0.05, iterations=4, samples=32)
     with torch.no_grad():
-        assert A.margin(model(x_adv), y).mean() > A.margin(model(x), y).mean()
+        assert P.margin(model(x_adv), y).mean() > P.margin(model(x), y).mean()
 
 
 def test_transfer_crafts_on_the_source_in_eval_mode(trained: tuple) -> None:

@@ -109,7 +109,7 @@ def test_svhn_format_round_trip(tmp_path: Path) -> None:
     assert 10 not in ds.y_train.tolist() + ds.y_test.tolist()
     assert ds.x_train[:, 0, 2, 7].eq(240).all() and ds.x_train[:, 1, 30, 1].eq(241).all()
     assert ds.x_train[0, 1, 4, 0] == 12 and ds.x_train[0, 2, 0, 4] == 20  # rows vs columns
-    assert not ds.spec.augment  # no crop/flip for SVHN (REFERENCE.md)
+    assert not ds.spec.augment  # no crop/flip for SVHN (REPRODUCTION.md)
 
 
 def test_dataset_registry_facts() -> None:

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers_inner import one_thread
 from torch.distributions import (
     AffineTransform,
     Independent,
@@ -20,12 +19,6 @@ from adt.distributions import EntropyEstimate, TanhGaussian, log1m_tanh_sq
 
 EPS = 0.3
 SHAPE = (2, 3, 3)  # event shape (C, H, W) of the small test images
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def reference(loc: torch.Tensor, scale: torch.Tensor, epsilon: float) -> Independent:

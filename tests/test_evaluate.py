@@ -9,13 +9,18 @@ import warnings
 
 import pytest
 import torch
-from helpers_eval import Quantized, trained_small_cnn
+from conftest import Quantized, Recorder, trained_small_cnn
 from torch import nn
 
-from adt import evaluate as E
+from adt import evaluate
 from adt.attacks import fgsm, mim, pgd
+from adt.evaluate import eval_path, evaluate_run, robustness_table
 from adt.profiles import EvalSettings, get_profile
-from adt.train import run_dir, train
+from adt.protocol import CLEAN, AttackSpec, black_box_attacks, standard_attacks, white_box_attacks
+from adt.runs import run_dir
+from adt.sanity import GradientMaskingError, GradientMaskingWarning, SanityChecks, run_checks
+from adt.table import RobustnessTable, load_table
+from adt.train import train
 
 EPS = 0.3  # MNIST
 SETTINGS = EvalSettings(n_examples=64, batch_size=64, pgd_steps=(5, 10), mim_steps=5, cw_steps=5,
@@ -23,35 +28,35 @@ SETTINGS = EvalSettings(n_examples=64, batch_size=64, pgd_steps=(5, 10), mim_ste
                         spsa_iterations=3, spsa_samples=32, sanity_restarts=2)
 
 
-def _table(model: nn.Module, attacks: list[E.AttackSpec]) -> tuple[E.RobustnessTable, list]:
+def _table(model: nn.Module, attacks: list[AttackSpec]) -> tuple[RobustnessTable, list]:
     _, data = trained_small_cnn()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = E.robustness_table(model, data, attacks, SETTINGS.n_examples,
-                                   batch_size=SETTINGS.batch_size,
-                                   sanity=E.SanityChecks.from_settings(SETTINGS, EPS))
-    return table, [w for w in caught if issubclass(w.category, E.GradientMaskingWarning)]
+        table = robustness_table(model, data, attacks, SETTINGS.n_examples,
+                                 batch_size=SETTINGS.batch_size,
+                                 sanity=SanityChecks.from_settings(SETTINGS, EPS))
+    return table, [w for w in caught if issubclass(w.category, GradientMaskingWarning)]
 
 
 @pytest.fixture(scope="module")
-def normal() -> tuple[E.RobustnessTable, list]:
+def normal() -> tuple[RobustnessTable, list]:
     """The whole protocol (white-box, transfer from the model itself, SPSA) on a normally
     trained SmallCNN."""
     model, _ = trained_small_cnn()
-    return _table(model, E.standard_attacks(SETTINGS, EPS, sources={"itself": model}))
+    return _table(model, standard_attacks(SETTINGS, EPS, sources={"itself": model}))
 
 
 @pytest.fixture(scope="module")
-def masked() -> tuple[E.RobustnessTable, list]:
+def masked() -> tuple[RobustnessTable, list]:
     """The same model behind a zero-gradient input quantisation; transfer from the model
     without it (AutoAttack and SPSA left out for time)."""
     model, _ = trained_small_cnn()
-    attacks = [s for s in E.white_box_attacks(SETTINGS, EPS) if s.name != "AutoAttack"]
-    attacks += E.black_box_attacks(SETTINGS, EPS, sources={"unmasked": model}, include_spsa=False)
+    attacks = [s for s in white_box_attacks(SETTINGS, EPS) if s.name != "AutoAttack"]
+    attacks += black_box_attacks(SETTINGS, EPS, sources={"unmasked": model}, include_spsa=False)
     return _table(Quantized(model), attacks)
 
 
-def _in_worst_case(table: E.RobustnessTable) -> list[str]:
+def _in_worst_case(table: RobustnessTable) -> list[str]:
     return [n for n, k in zip(table.names, table.kinds, strict=True) if k in ("clean", "white")]
 
 
@@ -65,10 +70,10 @@ def test_a_rob_is_the_recomputable_per_example_worst_case(normal: tuple) -> None
         assert table.robust_accuracy <= table.accuracy[name] + 1e-9
         assert table.accuracy[name] == pytest.approx(table.correct[table.names.index(name)]
                                                      .float().mean().item())
-    again = E.RobustnessTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    again = RobustnessTable.from_dict(json.loads(json.dumps(table.to_dict())))
     assert torch.equal(again.correct, table.correct)
     assert again.robust_accuracy == table.robust_accuracy and again.accuracy == table.accuracy
-    assert E.check_table(again) == table.checks  # the checks, too, come from the matrix
+    assert run_checks(again) == table.checks  # the checks, too, come from the matrix
 
 
 def test_normally_trained_model_passes_the_sanity_checks(normal: tuple) -> None:
@@ -76,7 +81,7 @@ def test_normally_trained_model_passes_the_sanity_checks(normal: tuple) -> None:
     acc = table.accuracy
     assert acc["Clean"] > 0.6 and acc["PGD-10"] < acc["Clean"] - 0.3  # the attacks work
     assert acc["SPSA"] >= 0 and table.n_evaluated[table.names.index("SPSA")] == 16
-    statuses = {c["name"]: c["status"] for c in table.checks}
+    statuses = {c.name: c.status for c in table.checks}
     assert statuses == {"pgd_many": "passed", "pgd_restarts": "passed",
                         "large_epsilon": "passed",
                         "white_vs_black[Transfer PGD-5 from itself]": "passed",
@@ -86,6 +91,33 @@ def test_normally_trained_model_passes_the_sanity_checks(normal: tuple) -> None:
     assert not table.gradient_masking_suspected and not caught
     assert "sanity" in table.kinds  # the restart and large-epsilon runs are kept ...
     assert all(r["kind"] != "sanity" for r in table.rows())  # ... but not reported
+
+
+def test_lookup_finds_rows_by_attack_source_and_settings(normal: tuple) -> None:
+    table, _ = normal
+    again = RobustnessTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    for t in (table, again):  # the lookup reads the rows' descriptions, kept in eval.json
+        assert t.lookup("pgd", steps=10) == "PGD-10"
+        assert t.lookup("pgd", steps=5) == "PGD-5"
+        assert t.lookup("mim") == "MIM"
+        # a transfer row is found by the attack it crafts with and by its source
+        assert t.lookup("pgd", source="itself") == "Transfer PGD-5 from itself"
+        assert t.lookup("pgd", source="itself", steps=5) == "Transfer PGD-5 from itself"
+        assert t.lookup("mim", source="itself") == "Transfer MIM from itself"
+        assert t.lookup("spsa") == "SPSA"
+        assert t.lookup("autoattack") == "AutoAttack"
+    assert table.names_of("black") == ["Transfer PGD-5 from itself", "Transfer MIM from itself",
+                                       "SPSA"]
+    assert table.names_of("clean", "white") == _in_worst_case(table)
+    # several rows (the sanity runs of PGD are never candidates): a KeyError naming them
+    with pytest.raises(KeyError, match=r"(?<!\d)2 rows run 'pgd' from None") as info:
+        table.lookup("pgd")
+    assert "'PGD-5', 'PGD-10'" in str(info.value) and "rows: Clean, FGSM" in str(info.value)
+    for attack, kwargs in (("pgd", {"steps": 7}), ("pgd", {"source": "elsewhere"}),
+                           ("transfer", {"source": "itself"}), ("spsa", {"source": "itself"})):
+        with pytest.raises(KeyError, match=rf"(?<!\d)0 rows run '{attack}'") as info:
+            table.lookup(attack, **kwargs)
+        assert "none" in str(info.value) and "Transfer MIM from itself" in str(info.value)
 
 
 def test_gradient_masking_model_is_flagged(masked: tuple) -> None:
@@ -103,18 +135,18 @@ def test_gradient_masking_model_is_flagged(masked: tuple) -> None:
 
 def test_strict_raises_on_a_masked_model() -> None:
     model, data = trained_small_cnn()
-    checks = E.SanityChecks(EPS, steps=(3, 3), restarts=1, large_steps=5)
-    with pytest.raises(E.GradientMaskingError, match="large_epsilon"):
-        E.robustness_table(Quantized(model), data.test_tensors(32), [E.CLEAN], sanity=checks,
-                           strict=True)
+    checks = SanityChecks(EPS, steps=(3, 3), restarts=1, large_steps=5)
+    with pytest.raises(GradientMaskingError, match="large_epsilon"):
+        robustness_table(Quantized(model), data.test_tensors(32), [CLEAN], sanity=checks,
+                         strict=True)
 
 
 def test_worst_case_on_a_known_matrix() -> None:
-    specs = [E.CLEAN.describe(), E.AttackSpec("A", pgd).describe(),
-             E.AttackSpec("B", fgsm).describe(), E.AttackSpec("S", pgd, kind="black").describe()]
+    specs = [CLEAN.describe(), AttackSpec("A", pgd).describe(),
+             AttackSpec("B", fgsm).describe(), AttackSpec("S", pgd, kind="black").describe()]
     correct = torch.tensor([[1, 1, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 0, 0, 1], [0, 0, 0, 0, 0]],
                            dtype=torch.bool)
-    table = E.RobustnessTable(specs, correct, [5, 5, 5, 2], [0.0] * 4)
+    table = RobustnessTable(specs, correct, [5, 5, 5, 2], [0.0] * 4)
     assert table.accuracy == {"Clean": 0.8, "A": 0.6, "B": 0.6, "S": 0.0}
     assert table.robust_accuracy == pytest.approx(0.4)  # black-box rows stay out of A_rob
     assert table.worst_case(["A", "B"]).tolist() == [True, False, False, False, True]
@@ -125,36 +157,25 @@ def test_worst_case_on_a_known_matrix() -> None:
 def test_batching_does_not_change_the_result() -> None:
     model, data = trained_small_cnn()
     xy = data.test_tensors(40)
-    attacks = [E.AttackSpec("FGSM", fgsm, {"epsilon": 0.1})]
-    one = E.robustness_table(model, xy, attacks, batch_size=40, sanity=False)
-    many = E.robustness_table(model, xy, attacks, batch_size=7, sanity=False)
+    attacks = [AttackSpec("FGSM", fgsm, {"epsilon": 0.1})]
+    one = robustness_table(model, xy, attacks, batch_size=40, sanity=False)
+    many = robustness_table(model, xy, attacks, batch_size=7, sanity=False)
     assert torch.equal(one.correct, many.correct)
     assert one.names == ["Clean", "FGSM"] and one.checks == []
 
 
-class _ModeRecorder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)
-        return self.model(x)
-
-
 def test_eval_mode_restored_modes_reproducible_and_no_rng_trace() -> None:
     model, data = trained_small_cnn()
-    recorder = _ModeRecorder(model).train()
-    attacks = [E.AttackSpec("PGD-3", pgd, {"epsilon": 0.1, "step_size": 0.04, "steps": 3})]
+    recorder = Recorder(model).train()
+    attacks = [AttackSpec("PGD-3", pgd, {"epsilon": 0.1, "step_size": 0.04, "steps": 3})]
     state = torch.get_rng_state()
     try:
-        first = E.robustness_table(recorder, data.test_tensors(24), attacks, sanity=False)
+        first = robustness_table(recorder, data.test_tensors(24), attacks, sanity=False)
         assert recorder.modes and not any(recorder.modes)  # eval mode throughout
         assert recorder.training and model.training  # and restored afterwards
     finally:
         model.eval()
-    second = E.robustness_table(model, data.test_tensors(24), attacks, sanity=False)
+    second = robustness_table(model, data.test_tensors(24), attacks, sanity=False)
     assert torch.equal(first.correct, second.correct)  # seeded inside
     assert torch.equal(torch.get_rng_state(), state)
     assert first.meta["device"] == "cpu" and first.meta["autocast"] is False
@@ -164,8 +185,8 @@ def test_evaluate_run_writes_and_reuses_eval_json(tmp_path, monkeypatch) -> None
     profile = get_profile("smoke")
     _, data = trained_small_cnn()  # mnist5k, loaded once
     run = train(profile, "standard", 0, data=data, runs_root=tmp_path, progress=False)
-    table = E.evaluate_run(run, data, progress=False)
-    path = E.eval_path(profile, "standard", 0, runs_root=tmp_path)
+    table = evaluate_run(run, data, progress=False)
+    path = eval_path(profile, "standard", 0, runs_root=tmp_path)
     assert path == run_dir(profile, "standard", 0, tmp_path) / "eval.json" and path.is_file()
     blob = json.loads(path.read_text())
     for key in ("epsilon", "n_examples", "accuracy", "robust_accuracy", "correct", "checks",
@@ -183,18 +204,18 @@ def test_evaluate_run_writes_and_reuses_eval_json(tmp_path, monkeypatch) -> None
     def no_attacks(*args, **kwargs):
         raise AssertionError("the stored eval.json should have been reused")
 
-    monkeypatch.setattr(E, "robustness_table", no_attacks)
-    reused = E.evaluate_run(run, data, progress=False)
+    monkeypatch.setattr(evaluate, "robustness_table", no_attacks)
+    reused = evaluate_run(run, data, progress=False)
     assert torch.equal(reused.correct, table.correct)
-    assert E.load_table(run.path).accuracy == table.accuracy
+    assert load_table(run.path).accuracy == table.accuracy
     with pytest.raises(AssertionError, match="reused"):
-        E.evaluate_run(run, data, progress=False, force=True)
+        evaluate_run(run, data, progress=False, force=True)
 
 
 def test_standard_attack_list_follows_the_protocol() -> None:
     eps = 8 / 255
-    specs = {s.name: s for s in E.standard_attacks(EvalSettings(), eps,
-                                                   sources={"AT": nn.Linear(2, 2)})}
+    specs = {s.name: s for s in standard_attacks(EvalSettings(), eps,
+                                                 sources={"AT": nn.Linear(2, 2)})}
     assert list(specs)[:9] == ["Clean", "FGSM", "PGD-20", "PGD-100", "MIM", "C&W", "FeaAttack",
                                "AutoAttack", "Transfer PGD-20 from AT"]
     assert specs["PGD-100"].settings == {"epsilon": eps, "step_size": eps / 4, "steps": 100,
@@ -212,19 +233,24 @@ def test_standard_attack_list_follows_the_protocol() -> None:
                              "samples": 256}
     assert specs["Transfer MIM from AT"].describe()["attack"] == "transfer"
     assert specs["Transfer MIM from AT"].describe()["settings"]["attack"] == "mim"
-    checks = E.SanityChecks.from_settings(EvalSettings(), eps)
+    transfer_mim = specs["Transfer MIM from AT"]
+    assert transfer_mim.attack is mim and transfer_mim.source == "AT"
+    assert isinstance(transfer_mim.source_model, nn.Linear)
+    assert transfer_mim.describe()["source"] == "AT"
+    checks = SanityChecks.from_settings(EvalSettings(), eps)
     assert checks.steps == (20, 100) and checks.restarts == 5 and checks.large_epsilon == 0.5
 
 
 @pytest.mark.parametrize("build,message", [
-    (lambda: E.AttackSpec("PGD", pgd, kind="grey"), "kind='grey'; allowed"),
-    (lambda: E.AttackSpec("", pgd), "non-empty string"),
-    (lambda: E.AttackSpec("PGD", pgd, n_examples=10), "must cover every example"),
-    (lambda: E.AttackSpec("Clean", pgd, kind="clean"), "attack=None"),
-    (lambda: E.AttackSpec("X", "pgd"), "not callable"),
-    (lambda: E.SanityChecks(0.3, large_epsilon=0.2), "large_epsilon=0.2 must exceed"),
-    (lambda: E.SanityChecks(0.3, steps=(100, 20)), "few <= many"),
-    (lambda: E.SanityChecks(0.3, restarts=0), "restarts=0"),
+    (lambda: AttackSpec("PGD", pgd, kind="grey"), "kind='grey'; allowed"),
+    (lambda: AttackSpec("", pgd), "non-empty string"),
+    (lambda: AttackSpec("PGD", pgd, n_examples=10), "must cover every example"),
+    (lambda: AttackSpec("Clean", pgd, kind="clean"), "attack=None"),
+    (lambda: AttackSpec("X", "pgd"), "not callable"),
+    (lambda: AttackSpec("T", pgd, source_model=nn.Linear(2, 2)), "kind='black', source="),
+    (lambda: SanityChecks(0.3, large_epsilon=0.2), "large_epsilon=0.2 must exceed"),
+    (lambda: SanityChecks(0.3, steps=(100, 20)), "few <= many"),
+    (lambda: SanityChecks(0.3, restarts=0), "restarts=0"),
 ])
 def test_bad_specs_raise_helpful_errors(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -234,18 +260,18 @@ def test_bad_specs_raise_helpful_errors(build, message: str) -> None:
 def test_bad_table_arguments_raise_helpful_errors() -> None:
     model, data = trained_small_cnn()
     xy = data.test_tensors(8)
-    spec = E.AttackSpec("M", mim, {"epsilon": 0.1, "step_size": 0.05, "steps": 1})
+    spec = AttackSpec("M", mim, {"epsilon": 0.1, "step_size": 0.05, "steps": 1})
     cases = [
         (dict(attacks=[]), "non-empty list of AttackSpec"),
         (dict(attacks=[spec, spec]), r"unique, \['M'\] repeat"),
         (dict(attacks=[spec], n_examples=9), "only 8 test examples"),
         (dict(attacks=[spec], batch_size=0), "batch_size=0"),
-        (dict(attacks=[E.CLEAN], sanity=True), "one epsilon among the white-box rows"),
+        (dict(attacks=[CLEAN], sanity=True), "one epsilon among the white-box rows"),
         (dict(attacks=[spec], data="mnist"), "ImageDataset or a pair"),
     ]
     for kwargs, message in cases:
         kwargs = {"data": xy, "sanity": False, **kwargs}
         with pytest.raises(ValueError, match=message):
-            E.robustness_table(model, kwargs.pop("data"), kwargs.pop("attacks"), **kwargs)
+            robustness_table(model, kwargs.pop("data"), kwargs.pop("attacks"), **kwargs)
     with pytest.raises(FileNotFoundError, match="evaluate the run first"):
-        E.load_table("/nonexistent/run")
+        load_table("/nonexistent/run")

@@ -17,9 +17,9 @@ import torch
 
 from adt.data import DATASETS
 from adt.inner import ExplicitADT
-from adt.methods import build_maximizer
+from adt.methods import METHODS, build_maximizer
 from adt.models import SmallCNN
-from adt.profiles import METHODS, get_profile
+from adt.profiles import get_profile
 from adt.train import train_step
 
 SMOKE = get_profile("smoke")
@@ -58,7 +58,7 @@ def _batch(n=8):
 def test_a_training_step_never_reads_a_value_back_to_the_host(method):
     torch.manual_seed(0)
     model = SmallCNN(width=4, hidden=16)
-    maximizer = build_maximizer(method, SMOKE, SPEC)
+    maximizer = build_maximizer(method, SMOKE.methods, SPEC, SMOKE.train_epsilon)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = _batch()
     train_step(model, maximizer, optimizer, x, y)  # warm-up (lazy state, first-call checks)
@@ -79,7 +79,7 @@ def test_the_counter_sees_a_sync():
 def test_bf16_autocast_keeps_distributions_and_losses_float32(method):
     torch.manual_seed(0)
     model = SmallCNN(width=4, hidden=16)
-    maximizer = build_maximizer(method, SMOKE, SPEC)
+    maximizer = build_maximizer(method, SMOKE.methods, SPEC, SMOKE.train_epsilon)
     x, y = _batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x).dtype == torch.bfloat16  # autocast is really on

@@ -10,30 +10,25 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_inner import Recorder, one_thread, train_small_cnn
+from conftest import Recorder, trained_small_cnn
 from torch import nn
 
 from adt.data import DATASETS
 from adt.distributions import TanhGaussian
 from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT, grad_reverse
-from adt.methods import build_maximizer
+from adt.methods import METHODS, build_maximizer
 from adt.models import SmallCNN, build_model
-from adt.profiles import METHODS, get_profile
+from adt.profiles import get_profile
 from adt.train import train_step
 
 EPS = 0.3  # MNIST's budget
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small classifier trained on mnist5k (eval mode) and 256 test images."""
-    model, x, y = train_small_cnn()
+    """A small classifier trained on 2,048 mnist5k images (eval mode) and 256 test images."""
+    model, data = trained_small_cnn(n_train=2048, epochs=2, lr=0.02)
+    x, y = data.test_tensors(256)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.7
     return model, x, y
@@ -438,7 +433,7 @@ def test_every_method_runs_a_train_step(method, dataset):
     torch.manual_seed(14)
     model = Recorder(build_model(profile.model, channels, spec.num_classes, size,
                                  **profile.model_kwargs)).train()
-    maximizer = build_maximizer(method, profile, spec)
+    maximizer = build_maximizer(method, profile.methods, spec, profile.train_epsilon)
     assert maximizer.epsilon == profile.train_epsilon
     optimizer = torch.optim.SGD(model.parameters(), lr=profile.recipe.lr)
     before = copy.deepcopy(model)

@@ -21,15 +21,6 @@ from adt.models import (
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on 2 shared cores: a second OpenMP thread mostly spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BatchNorm statistics, so eval-mode outputs depend on the buffers."""
     g = torch.Generator().manual_seed(seed)
@@ -114,7 +105,7 @@ def test_bad_arguments() -> None:
 
 
 def _expected_wrn_keys(depth: int, widen: int) -> set[str]:
-    """The state_dict keys of the release's WideResNet (REFERENCE.md), written out."""
+    """The state_dict keys of the release's WideResNet (REPRODUCTION.md, "Checkpoint layout of the release"), written out."""
     n = (depth - 4) // 6
     widths = [16, 16 * widen, 32 * widen, 64 * widen]
     keys = {"conv1.weight", "fc.weight", "fc.bias", *(f"bn1.{s}" for s in BN)}
@@ -146,7 +137,7 @@ def test_wide_resnet_state_dict_follows_release_layout(depth: int, widen: int) -
 
 
 def _reference_wrn_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
-    """REFERENCE.md's block, written from the state_dict alone: bn-relu before each conv,
+    """The release's block (REPRODUCTION.md), written from the state_dict alone: bn-relu before each conv,
     the shortcut from the activated input where shapes change, average pool 8, fc."""
     def bn(prefix: str, t: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(t, sd[prefix + "running_mean"], sd[prefix + "running_var"],

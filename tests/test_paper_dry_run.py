@@ -1,4 +1,4 @@
-"""Dry runs of the GPU profiles (DESIGN.md): the user's first GPU run must not be the first
+"""Dry runs of the GPU profiles: the user's first GPU run must not be the first
 time their code path executes.
 
 The exact configuration of `paper` (WRN-28-10, the release's recipe and method settings:
@@ -18,9 +18,11 @@ import torch
 from helpers_data import write_cifar10, write_idx_dataset
 
 from adt.data import load_dataset
-from adt.evaluate import AttackSpec, robustness_table, white_box_attacks
+from adt.evaluate import robustness_table
+from adt.methods import METHODS
 from adt.models import PreActResNet18, WideResNet
-from adt.profiles import METHODS, get_profile
+from adt.profiles import get_profile
+from adt.protocol import AttackSpec, white_box_attacks
 from adt.train import train
 
 PAPER = get_profile("paper")
@@ -33,13 +35,6 @@ def datasets(tmp_path_factory):
     write_idx_dataset(root / "FashionMNIST" / "raw", n_train=2, n_test=2, gz=True)
     return {"paper": load_dataset("cifar10", root=root),
             "fashion": load_dataset("fashion_mnist", root=root)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dry(profile):

@@ -1,17 +1,32 @@
-"""The papermill pipeline under the smoke profile: every artefact appears, with provenance."""
+"""The notebooks' outputs under the smoke profile, and the papermill pipeline's mechanics.
+
+`make test` runs the five notebooks once, under nbval, in the same pytest session and
+before this module (``ADT_PROFILE=smoke ADT_OUTPUT_DIR=<tmp> pytest ... notebooks/ tests/``):
+the artefact checks read what that run left in ``$ADT_OUTPUT_DIR``. Run alone (no such
+folder), the fixture runs the pipeline under smoke itself. The pipeline's own work
+(papermill, cleaning the executed notebooks, the manifest's batch fields, errors) is
+checked on tiny synthetic notebooks.
+"""
+
+from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import SESSION_STARTED
 
-from adt.io import read_json
+from adt.io import read_json, write_json
 from adt.pipeline import NOTEBOOKS, PipelineError, run_pipeline
+from adt.provenance import MANIFEST, PROFILE_NAMES, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "figures" / "MANIFEST.json"
+NOTEBOOK_PATHS = {f"notebooks/{name}.ipynb" for name in NOTEBOOKS}
 
 
 def _digest(folder: Path) -> str:
@@ -23,31 +38,70 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _notebooks_of(manifest: dict) -> set[str]:
+    return {entry.get("notebook") for entry in manifest["artefacts"].values()}
+
+
+def nbval_output_dir() -> Path | None:
+    """The output folder of this session's nbval run of the notebooks under smoke (`make
+    test`), when its manifest lists artefacts of all five notebooks; else None."""
+    out = os.environ.get("ADT_OUTPUT_DIR")
+    if os.environ.get("ADT_PROFILE") != "smoke" or not out:
+        return None
+    manifest = Path(out) / MANIFEST
+    if not manifest.is_file() or not NOTEBOOK_PATHS <= _notebooks_of(read_json(manifest)):
+        return None
+    return Path(out)
+
+
+@dataclass
+class Smoke:
+    """The smoke outputs under test: the artefact folder and its manifest; ``executed``,
+    the executed notebooks (only when the fixture ran the pipeline itself); and whether
+    the committed figures/ are as they were before the notebooks ran."""
+
+    out: Path
+    manifest: dict
+    executed: Path | None
+    figures_untouched: bool
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
+    out = nbval_output_dir()
+    if out is not None:
+        # the notebooks ran earlier in this session: nothing of figures/ may be newer
+        touched = [p for p in (ROOT / "figures").rglob("*")
+                   if p.is_file() and p.stat().st_mtime >= SESSION_STARTED]
+        return Smoke(out, read_json(out / MANIFEST), None, not touched)
+    folder = tmp_path_factory.mktemp("pipeline")
     before = _digest(ROOT / "figures")
-    manifest_path = run_pipeline("smoke", "cpu", output_dir=out / "figures",
-                                 executed_dir=out / "notebooks")
-    return out, read_json(manifest_path), before
+    manifest_path = run_pipeline("smoke", "cpu", output_dir=folder / "figures",
+                                 executed_dir=folder / "notebooks")
+    return Smoke(folder / "figures", read_json(manifest_path), folder / "notebooks",
+                 _digest(ROOT / "figures") == before)
 
 
-def test_every_notebook_ran_and_was_written(smoke):
-    out, manifest, _ = smoke
-    assert set(manifest["notebook_seconds"]) == set(NOTEBOOKS)
+# ----------------------------------------------------------------------------- smoke outputs
+
+
+def test_every_notebook_ran_and_was_written(smoke: Smoke) -> None:
+    assert _notebooks_of(smoke.manifest) == NOTEBOOK_PATHS  # each left its artefacts
+    if smoke.executed is None:
+        return  # nbval ran them (and fails on an error): no executed copies, no timings
+    assert set(smoke.manifest["notebook_seconds"]) == set(NOTEBOOKS)
     for name in NOTEBOOKS:
-        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        nb = nbformat.read(smoke.executed / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.get("output_type") == "error"], name
 
 
-def test_every_manifest_artefact_exists_with_provenance(smoke):
-    out, manifest, _ = smoke
-    artefacts = manifest["artefacts"]
+def test_every_manifest_artefact_exists_with_provenance(smoke: Smoke) -> None:
+    artefacts = smoke.manifest["artefacts"]
     assert artefacts
     for name, entry in artefacts.items():
         for f in entry["files"]:
-            assert (out / "figures" / f).is_file(), (name, f)
+            assert (smoke.out / f).is_file(), (name, f)
         assert entry["notebook"].startswith("notebooks/0") and entry["notebook"].endswith(".ipynb")
         assert entry["profile"] == "smoke" and entry["commit"]
         assert "caption" in entry and "runs" in entry
@@ -57,27 +111,95 @@ def test_every_manifest_artefact_exists_with_provenance(smoke):
     assert {Path(f).suffix for f in figure["files"]} == {".png", ".pdf"}
 
 
-def test_smoke_regenerates_every_committed_artefact(smoke):
-    _, manifest, _ = smoke
+def test_smoke_regenerates_every_committed_artefact(smoke: Smoke) -> None:
     committed = read_json(COMMITTED)
     assert committed["profile"] == "quick"
-    missing = set(committed["artefacts"]) - set(manifest["artefacts"])
+    missing = set(committed["artefacts"]) - set(smoke.manifest["artefacts"])
     assert not missing, f"artefacts of figures/MANIFEST.json not produced under smoke: {missing}"
 
 
-def test_smoke_leaves_the_committed_figures_alone(smoke):
-    _, _, before = smoke
-    assert _digest(ROOT / "figures") == before
+def test_smoke_leaves_the_committed_figures_alone(smoke: Smoke) -> None:
+    assert smoke.figures_untouched
 
 
-def test_runs_of_smoke_stay_in_the_temporary_folder(smoke):
-    out, manifest, _ = smoke
-    runs = {r for e in manifest["artefacts"].values() for r in e["runs"]}
+def test_runs_of_smoke_stay_in_the_temporary_folder(smoke: Smoke) -> None:
+    runs = {r for e in smoke.manifest["artefacts"].values() for r in e["runs"]}
     assert runs and all(r.startswith("<output>/runs/") for r in runs), runs
-    assert list((out / "figures" / "runs" / "smoke").glob("*/*-seed0/metrics.json"))
+    assert list((smoke.out / "runs" / "smoke").glob("*/*-seed0/metrics.json"))
 
 
-def test_a_failing_cell_stops_the_batch_and_names_notebook_and_cell(tmp_path):
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    """A notebook whose first cell is the papermill ``parameters`` cell of the artifact's."""
+    parameters = ("profile = 'quick'\ndevice = 'auto'\noutput_dir = None\n"
+                  "force_retrain = False")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(nbformat.v4.new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def _recording(name: str) -> nbformat.NotebookNode:
+    """A synthetic notebook that writes one artefact and lists it (no torch)."""
+    return _notebook(
+        "from pathlib import Path\n"
+        "from adt.provenance import record_artefact\n"
+        f"Path(output_dir, '{name}.txt').write_text(profile + ' ' + device)\n"
+        f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
+        f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})",
+        "print('ran with', profile, device, force_retrain)")
+
+
+def test_the_pipeline_executes_cleans_and_records(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        nbformat.write(_recording(name), tmp_path / f"{name}.ipynb")
+    sources = {name: (tmp_path / f"{name}.ipynb").read_bytes() for name in ("a", "b")}
+    out, ran = tmp_path / "out", tmp_path / "ran"
+    write_json({"artefacts": {"stale": {"files": []}}}, out / MANIFEST)  # an earlier batch
+    manifest_path = run_pipeline("smoke", "cpu", output_dir=out, executed_dir=ran,
+                                 notebooks=("a", "b"), notebooks_dir=tmp_path)
+    assert manifest_path == out / MANIFEST
+    manifest = read_json(manifest_path)
+    # the batch: profile, device, commit, one timing per notebook; this batch's artefacts only
+    assert manifest["profile"] == "smoke" and manifest["device"] == "cpu"
+    assert manifest["commit"].removesuffix("-dirty") == git_commit().removesuffix("-dirty")
+    assert set(manifest["notebook_seconds"]) == {"a", "b"}
+    assert all(t >= 0 for t in manifest["notebook_seconds"].values())
+    assert set(manifest["artefacts"]) == {"a", "b"}
+    for name in ("a", "b"):
+        # the injected parameters ruled the run
+        assert manifest["artefacts"][name]["profile"] == "smoke"
+        assert (out / f"{name}.txt").read_text() == "smoke cpu"
+        # the sources are untouched; the executed copies are clean
+        assert (tmp_path / f"{name}.ipynb").read_bytes() == sources[name]
+        nb = nbformat.read(ran / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert len(code) == 3 and "parameters" in code[0].metadata.get("tags", [])
+        assert not any("injected-parameters" in c.metadata.get("tags", []) for c in code)
+        assert all(c.execution_count for c in code), "every code cell ran"
+        assert not any({"papermill", "execution"} & set(c.metadata) for c in code)
+        outputs = json.dumps([c.get("outputs", []) for c in code])
+        assert '"output_type": "error"' not in outputs and "ran with smoke cpu False" in outputs
+        meta = nb.metadata["papermill"]
+        assert not {"input_path", "output_path", "start_time", "end_time", "duration"} & set(meta)
+        assert meta["parameters"] == {"profile": "smoke", "device": "cpu",
+                                      "force_retrain": False}
+        assert str(tmp_path) not in json.dumps(nb), "no machine paths in the executed notebook"
+
+
+def test_an_unknown_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nope") as info:
+        run_pipeline("nope", "cpu", output_dir=tmp_path / "out", executed_dir=tmp_path / "ran")
+    for name in PROFILE_NAMES:
+        assert name in str(info.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ran").exists()
+
+
+def test_a_failing_cell_stops_the_batch_and_names_notebook_and_cell(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("x = 1"),
@@ -97,7 +219,7 @@ def test_a_failing_cell_stops_the_batch_and_names_notebook_and_cell(tmp_path):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebooks_are_executed_and_clean(name):
+def test_committed_notebooks_are_executed_and_clean(name: str) -> None:
     """Committed executed (quick) with no errors, no injected parameters and no machine paths,
     and with the papermill `parameters` cell every notebook starts with."""
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)

@@ -6,15 +6,8 @@ import json
 
 import pytest
 
-from adt.profiles import (
-    METHODS,
-    PROFILES,
-    EvalSettings,
-    MethodSettings,
-    Profile,
-    Recipe,
-    get_profile,
-)
+from adt.methods import METHODS, MethodSettings
+from adt.profiles import PROFILES, EvalSettings, Profile, Recipe, get_profile
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -35,7 +28,7 @@ def test_every_profile_validates_and_serialises(name: str) -> None:
     assert back["eval"]["pgd_steps"] == list(profile.eval.pgd_steps)
 
 
-def test_design_md_profiles() -> None:
+def test_the_four_profiles() -> None:
     assert set(PROFILES) == {"smoke", "quick", "fashion", "paper"}
     smoke = get_profile("smoke")
     assert (smoke.dataset, smoke.model, smoke.recipe.epochs) == ("mnist5k", "small_cnn", 1)

@@ -16,20 +16,11 @@ import torch
 from adt.data import ImageDataset, load_dataset
 from adt.io import read_json
 from adt.profiles import Profile, get_profile
-from adt.train import load_run, run_dir, train
+from adt.runs import load_run, run_dir
+from adt.train import train
 
 CPU = "cpu"
 METHOD = "adt_exp"  # the cheapest adversarial method on the smoke profile
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: on 2 shared cores a second OpenMP thread only spins (an input
-    gradient of the smoke SmallCNN takes ~13 ms on one thread, 60-400 ms on two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +199,6 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(method: str, mnist: Im
 def test_interrupt_while_saving_leaves_no_temp_file(mnist: ImageDataset, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt in the middle of writing the epoch-2 checkpoint keeps epoch 1's."""
-    import adt.io
-
     profile = _two_epochs()
     real_save, saves = torch.save, []
 
@@ -220,10 +209,10 @@ def test_interrupt_while_saving_leaves_no_temp_file(mnist: ImageDataset, tmp_pat
             raise KeyboardInterrupt
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(adt.io.torch, "save", half_save)
+    monkeypatch.setattr(torch, "save", half_save)  # adt.io imports torch when saving
     with pytest.raises(KeyboardInterrupt):
         train(profile, "standard", data=mnist, runs_root=tmp_path, progress=False, device=CPU)
-    monkeypatch.setattr(adt.io.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     path = run_dir(profile, "standard", 0, tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["checkpoint.pt", "metrics.json"]
     assert torch.load(path / "checkpoint.pt", weights_only=False)["epoch"] == 1

@@ -1,0 +1,116 @@
+"""Shared fixtures and helpers of the test suite.
+
+* :func:`_one_thread` (autouse, per module): every test module runs with one intra-op
+  thread, the previous count restored afterwards;
+* :func:`trained_small_cnn`: the one small trained classifier of the attack, evaluation
+  and inner-maximiser tests, trained once per set of arguments per test process;
+* :class:`Quantized` (gradient masking by construction) and :class:`Recorder` (records
+  every forward call of a classifier).
+
+Test modules import the helpers with ``from conftest import ...`` (``tests/`` is on
+``sys.path`` under pytest's default import mode).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adt.data import ImageDataset, load_dataset
+from adt.models import SmallCNN
+
+#: When this test process started (before any notebook ran under nbval in the same session).
+SESSION_STARTED = time.time()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread for the whole module, the previous count restored afterwards.
+
+    The tensors and models of the tests are tiny: on a shared 2-core machine a second
+    OpenMP thread mostly spins, and thread hand-offs cost far more than the arithmetic
+    (an input gradient of the smoke SmallCNN takes ~13 ms on one thread, 60-400 ms on two
+    under load).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.cache
+def trained_small_cnn(n_train: int | None = None, epochs: int = 1, lr: float = 0.05,
+                      seed: int = 0) -> tuple[nn.Module, ImageDataset]:
+    """A SmallCNN(width=8, hidden=32) trained with SGD (momentum 0.9, batches of 64) on the
+    first ``n_train`` training images of mnist5k (None: all 4,000) for ``epochs`` epochs, in
+    eval mode, and the data it was trained on (the test split whole).
+
+    The weights are seeded with ``seed``, epoch ``e`` visits the images in the order of
+    batch seed ``seed + e``; training runs on its own random stream (the global one is
+    untouched). Cached per arguments: tests must not change the model (restore any mode
+    they set). The defaults (one epoch, lr 0.05, about 80-90 % clean accuracy) serve the
+    attack and evaluation tests; ``(2048, 2, 0.02)`` the inner-maximiser tests.
+    """
+    data = load_dataset("mnist5k")
+    if n_train is not None:
+        data = data.subset(train=n_train)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SmallCNN(width=8, hidden=32)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        model.train()
+        for epoch in range(epochs):
+            for x, y in data.batches("train", 64, shuffle=True, seed=seed + epoch):
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return model.eval(), data
+
+
+class Quantized(nn.Module):
+    """Gradient masking by construction: the input is quantised to ``levels`` levels with
+    torch.round, whose gradient is zero, so every gradient attack sees a flat loss while
+    the model itself stays as (non-)robust as the one inside (at eps = 0.3 a perturbation
+    easily crosses a level of 1/8)."""
+
+    def __init__(self, model: nn.Module, levels: int = 8) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * self.levels) / self.levels)
+
+
+class Recorder(nn.Module):
+    """Wraps a classifier and records, for every forward call, the wrapper's mode, the
+    wrapped model's mode and the batch size. ``fail_at=n`` raises on the n-th call."""
+
+    def __init__(self, inner: nn.Module, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fail_at = fail_at
+        self.calls: list[tuple[bool, bool, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, self.inner.training, len(x)))
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise RuntimeError("failure injected by the test")
+        return self.inner(x)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [n for _, _, n in self.calls]
+
+    @property
+    def modes(self) -> list[bool]:
+        return [outer or inner for outer, inner, _ in self.calls]

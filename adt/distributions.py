@@ -122,6 +122,14 @@ class TanhGaussian(Distribution):
                  - log1m_tanh_sq(u) - math.log(self.epsilon))
         return log_p.flatten(-len(self.event_shape)).sum(-1)
 
+    def release_entropy(self, value: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the release's -log p of drawn ``value``s
+        (:func:`release_negative_log_density`); its mean over batch and pixels is the
+        entropy term of ADT_EXP and ADT_EXP-AM as released."""
+        u = self._pre_tanh(value)
+        noise = ((u - self.loc) / self.scale).detach()  # the drawn r: r^2 / 2 has no gradient
+        return release_negative_log_density(noise, u, self.scale)
+
     def entropy_estimate(self, value: torch.Tensor) -> EntropyEstimate:
         """Both entropy estimates of :class:`EntropyEstimate` for drawn ``value``s."""
         u = self._pre_tanh(value)

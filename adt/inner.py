@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
-from adt.distributions import TanhGaussian, release_negative_log_density
+from adt.distributions import TanhGaussian
 from adt.models import Encoder, Generator, NoiseMap
 from adt.primitives import (
     ce_sum,
@@ -209,9 +209,8 @@ class ExplicitADT(InnerMaximizer):
                           mu: torch.Tensor, v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The scalar whose gradient the release accumulates in one step: over the k draws,
         the sum of (batch-mean CE + lambda_ * batch-and-pixel mean of the release's -log p)."""
-        ce, dist, _ = self._draws(model, x, y, mu, v, noise)
-        u = dist.loc + dist.scale * noise
-        entropy = release_negative_log_density(noise, u, dist.scale).flatten(1).mean(1)
+        ce, dist, delta = self._draws(model, x, y, mu, v, noise)
+        entropy = dist.release_entropy(delta).flatten(1).mean(1)
         return ce.mean(1).sum() + self.lambda_ * entropy.sum()
 
     def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -306,10 +305,8 @@ class AmortizedExplicitADT(InnerMaximizer):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         dist = self.distribution(model, x, y)
-        noise = torch.randn_like(dist.loc)
-        delta = dist.rsample_from(noise)
-        u = dist.loc + dist.scale * noise
-        entropy = release_negative_log_density(noise, u, dist.scale).mean()
+        delta = dist.rsample()
+        entropy = dist.release_entropy(delta).mean()
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)
         return AdversarialBatch(x_adv, y, extra_loss=-self.lambda_ * entropy,
                                 stats={"entropy": entropy.detach()})

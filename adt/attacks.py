@@ -10,8 +10,9 @@ White-box attacks of the paper's evaluation protocol (REPRODUCTION.md, "Evaluati
   of an image of another class;
 * :func:`with_restarts` repeats any of them and keeps the strongest result per example.
 
-Library attacks through torchattacks: :func:`autoattack` (Croce & Hein 2020) and
-:func:`spsa` (Uesato et al. 2018); and :func:`transfer` (craft on one model, score on
+Library attacks through torchattacks: :func:`autoattack` (Croce & Hein 2020),
+:func:`square` (Andriushchenko et al. 2020) and :func:`spsa` (Uesato et al. 2018), the
+last two score-based (no gradients); and :func:`transfer` (craft on one model, score on
 another).
 
 Every attack is batched tensor code: one forward and one backward per step for the
@@ -48,12 +49,12 @@ from adt.primitives import (
 )
 from adt.runtime import device_of, isolated_rng, per_example, preserved_modes
 
-__all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack", "spsa",
-           "transfer", "AUTOATTACK_VERSIONS", "Attack"]
+__all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
+           "autoattack_parts", "square", "spsa", "transfer", "AUTOATTACK_VERSIONS", "Attack"]
 
 Attack = Callable[..., torch.Tensor]  # (model, x, y, **settings) -> x_adv
 
-AUTOATTACK_VERSIONS = ("standard", "cheap")
+AUTOATTACK_VERSIONS = ("standard", "gradient", "cheap")
 
 
 def _keep(best: torch.Tensor, found: torch.Tensor, candidate: torch.Tensor,
@@ -249,21 +250,40 @@ def _run_library(build: Callable[[nn.Module], Any], model: nn.Module, x: torch.T
     return project(x_adv.detach().to(x.device, x.dtype), x.detach(), epsilon)
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
-               version: str = "standard", num_classes: int = 10, steps: int = 100,
-               targets: int = 9, square_queries: int = 5000, seed: int = 0) -> torch.Tensor:
-    """AutoAttack (Croce & Hein 2020) from torchattacks' components, run as a cascade
-    (each attack only on the examples that survived the previous ones: the per-example
-    worst case).
+def autoattack_parts(net: nn.Module, *, epsilon: float, version: str = "standard",
+                     num_classes: int = 10, steps: int = 100, targets: int = 9,
+                     square_queries: int = 5000, seed: int = 0) -> list[Any]:
+    """The torchattacks components of AutoAttack (Croce & Hein 2020), in cascade order.
 
     * ``"standard"``: APGD-CE, APGD-T, FAB-T (``targets`` target classes each, capped at
       ``num_classes - 1``) with ``steps`` iterations, then Square with ``square_queries``
-      queries. The defaults are the original's (100 iterations, 9 targets, 5000
-      queries); torchattacks' own ``AutoAttack`` class runs 10 iterations instead.
-    * ``"cheap"``: APGD-CE and APGD-T only, for CPU profiles (choose fewer ``steps`` and
-      ``targets``).
+      queries: with the defaults (100 iterations, 9 targets, 5000 queries, one restart
+      each) the original "standard" AutoAttack; torchattacks' own ``AutoAttack`` class
+      runs 10 iterations instead;
+    * ``"gradient"``: the gradient-based part of "standard" (APGD-CE, APGD-T, FAB-T);
+    * ``"cheap"``: APGD-CE and APGD-T only.
     """
     import torchattacks  # imported here: a slow import only the library attacks need
+
+    n_targets = min(targets, num_classes - 1) + 1  # torchattacks: "n_classes" = targets + 1
+    common = {"norm": "Linf", "eps": epsilon, "seed": seed, "n_restarts": 1}
+    parts = [torchattacks.APGD(net, loss="ce", steps=steps, **common),
+             torchattacks.APGDT(net, steps=steps, n_classes=n_targets, **common)]
+    if version in ("standard", "gradient"):
+        parts.append(torchattacks.FAB(net, steps=steps, multi_targeted=True,
+                                      n_classes=n_targets, **common))
+    if version == "standard":
+        parts.append(torchattacks.Square(net, n_queries=square_queries, **common))
+    return parts
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+               version: str = "standard", num_classes: int = 10, steps: int = 100,
+               targets: int = 9, square_queries: int = 5000, seed: int = 0) -> torch.Tensor:
+    """AutoAttack (Croce & Hein 2020) from torchattacks' components
+    (:func:`autoattack_parts`), run as a cascade: each attack only on the examples that
+    survived the previous ones, the per-example worst case."""
+    import torchattacks
 
     check_epsilon(epsilon)
     check_choice(version, AUTOATTACK_VERSIONS, "AutoAttack version")
@@ -272,17 +292,30 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
     check_int_at_least(targets, 1, "targets", "9 (the original AutoAttack)")
     check_int_at_least(square_queries, 1, "square_queries", "5000 (the original AutoAttack)")
     check_batch(x, y)
-    n_targets = min(targets, num_classes - 1) + 1  # torchattacks: "n_classes" = targets + 1
 
     def build(net: nn.Module) -> Any:
-        common = {"norm": "Linf", "eps": epsilon, "seed": seed, "n_restarts": 1}
-        parts = [torchattacks.APGD(net, loss="ce", steps=steps, **common),
-                 torchattacks.APGDT(net, steps=steps, n_classes=n_targets, **common)]
-        if version == "standard":
-            parts += [torchattacks.FAB(net, steps=steps, multi_targeted=True,
-                                       n_classes=n_targets, **common),
-                      torchattacks.Square(net, n_queries=square_queries, **common)]
-        return torchattacks.MultiAttack(parts)
+        return torchattacks.MultiAttack(autoattack_parts(
+            net, epsilon=epsilon, version=version, num_classes=num_classes, steps=steps,
+            targets=targets, square_queries=square_queries, seed=seed))
+
+    return _run_library(build, model, x, y, epsilon)
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+           queries: int = 5000, seed: int = 0) -> torch.Tensor:
+    """Square Attack (Andriushchenko et al. 2020), a score-based black-box attack: random
+    square-shaped updates at the corners of the ball, accepted when they lower the margin
+    loss; ``queries`` model evaluations per image at most (AutoAttack's: 5000). It uses no
+    gradient, so it breaks what gradient masking hides."""
+    import torchattacks
+
+    check_epsilon(epsilon)
+    check_int_at_least(queries, 1, "queries", "5000 (AutoAttack's Square)")
+    check_batch(x, y)
+
+    def build(net: nn.Module) -> Any:
+        return torchattacks.Square(net, norm="Linf", eps=epsilon, n_queries=queries,
+                                   n_restarts=1, seed=seed)
 
     return _run_library(build, model, x, y, epsilon)
 

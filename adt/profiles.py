@@ -68,7 +68,15 @@ class EvalSettings:
     fea_steps: int = 50
     fea_step_fraction: float = 0.125  # 1/255 at 8/255
     fea_targets: int = 200  # target images (of other labels, drawn with replacement) per example
-    autoattack: str = "standard"  # "standard" or "cheap" (apgd-ce + apgd-t)
+    # AutoAttack: its gradient attacks ("standard": APGD-CE, APGD-T, FAB-T; "cheap": no
+    # FAB-T), then Square on their survivors
+    autoattack: str = "standard"
+    autoattack_steps: int = 100
+    autoattack_targets: int = 9
+    square_queries: int = 5000
+    # also run the original AutoAttack on seed 0 and report the gap to it (CPU profiles
+    # whose AutoAttack is cheaper than the original)
+    full_autoattack_reference: bool = False
     spsa_examples: int = 1000
     spsa_iterations: int = 100
     spsa_samples: int = 256
@@ -86,6 +94,9 @@ class EvalSettings:
         check_int_at_least(self.n_examples, 1, "n_examples", "1000")
         check_int_at_least(self.batch_size, 1, "eval batch_size", "200")
         check_choice(self.autoattack, ("standard", "cheap"), "autoattack version")
+        check_int_at_least(self.autoattack_steps, 1, "autoattack_steps", "100")
+        check_int_at_least(self.autoattack_targets, 1, "autoattack_targets", "9")
+        check_int_at_least(self.square_queries, 1, "square_queries", "5000")
         for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps):
             check_int_at_least(steps, 1, "attack steps", "20")
 
@@ -164,7 +175,8 @@ _SMOKE = Profile(
     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, lr_milestones=()),
     methods=MethodSettings(adt_steps=2, adt_num_samples=2, am_ngf=4, imp_noise_dim=8),
     eval=EvalSettings(n_examples=32, batch_size=32, pgd_steps=(2, 4), mim_steps=2, cw_steps=2,
-                      fea_steps=2, fea_targets=2, autoattack="cheap", spsa_examples=8,
+                      fea_steps=2, fea_targets=2, autoattack="cheap", autoattack_steps=4,
+                      autoattack_targets=2, square_queries=20, spsa_examples=8,
                       spsa_iterations=2, spsa_samples=16, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
                       figure_examples=4, figure_samples=8, surface_grid=5,
@@ -181,7 +193,8 @@ _QUICK = Profile(
                   epsilon_warmup_epochs=4),
     methods=MethodSettings(am_ngf=8),
     eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=9,
-                      autoattack="cheap", spsa_examples=40, spsa_iterations=10, spsa_samples=64,
+                      autoattack="cheap", square_queries=5000, full_autoattack_reference=True,
+                      spsa_examples=200, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
                       curve_steps=(1, 2, 5, 10, 20, 50), figure_examples=50,

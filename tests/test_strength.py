@@ -174,3 +174,25 @@ def test_the_caption_names_every_attack_in_a_rob_with_its_budget() -> None:
                      "APGD-CE+T (100 iterations, 9 targets)",
                      "AutoAttack = APGD-CE+T then Square (1000 queries) on its survivors"):
         assert expected in text, (expected, text)
+
+
+def test_the_original_autoattack_runs_on_the_a_rob_survivors_and_is_reused(tmp_path,
+                                                                           monkeypatch) -> None:
+    import adt.evaluate as E
+    from adt.profiles import get_profile
+    from adt.train import train
+
+    _, data = trained_small_cnn()
+    profile = get_profile("smoke")
+    run = train(profile, "pgd_at", data=data, runs_root=tmp_path, progress=False)
+    table = E.evaluate_run(run, data, progress=False)
+    robust = E.full_autoattack_survivors(run, table, data, progress=False)
+    assert robust.shape == (table.n_examples,) and robust.dtype == torch.bool
+    assert bool((robust <= table.worst_case()).all())  # only A_rob's survivors can stay
+    assert (run.path / E.FULL_AUTOATTACK_FILE).is_file()
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("the stored original-AutoAttack run should have been reused")
+
+    monkeypatch.setattr(E, "robustness_table", no_attacks)
+    assert torch.equal(E.full_autoattack_survivors(run, table, data, progress=False), robust)

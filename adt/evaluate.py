@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,16 @@ from tqdm.auto import tqdm
 
 from adt._checks import check_int_at_least
 from adt.data import DATASETS, ImageDataset, load_dataset, to_float
-from adt.primitives import correct_predictions
+from adt.primitives import check_batch, correct_predictions
 from adt.profiles import Profile
 from adt.protocol import CLEAN, AttackSpec, pgd_spec, plain, standard_attacks
-from adt.runs import DEFAULT_RUNS_ROOT, Run, run_dir
+from adt.runs import DEFAULT_RUNS_ROOT, Run, identity_hash, run_dir, run_identity, state_hash
 from adt.runtime import autocast as bf16_autocast
 from adt.runtime import device_of, isolated_rng, preserved_modes
 from adt.sanity import SanityChecks, report, run_checks
 from adt.table import EVAL_FILE, RobustnessTable, load_table
 
-__all__ = ["robustness_table", "evaluate_run", "eval_path", "pgd_accuracy"]
+__all__ = ["robustness_table", "evaluate_run", "eval_path", "run_fingerprint", "pgd_accuracy"]
 
 
 def eval_path(profile: Profile, method: str, seed: int,
@@ -65,7 +66,9 @@ def _examples(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], n: int | N
     x, y = x[:n].to(device), y[:n].to(device)
     if len(x) == 0:
         raise ValueError("data holds no test examples; pass a dataset with a test split")
-    return (to_float(x) if x.dtype == torch.uint8 else x), y
+    x = to_float(x) if x.dtype == torch.uint8 else x
+    check_batch(x, y)  # finite floats in [0, 1], one label each (one host sync)
+    return x, y
 
 
 def _checked_specs(attacks: Sequence[AttackSpec]) -> list[AttackSpec]:
@@ -189,15 +192,43 @@ def _config(attacks: Sequence[AttackSpec], n_examples: int, checks: SanityChecks
             "sanity": plain(checks.to_dict())}
 
 
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What produced a run's weights: a hash of its identity (profile settings, method,
+    seed; :func:`~adt.runs.run_identity`), method, seed, final epoch, and a hash of the
+    model's state. A stored ``eval.json`` is reused only when all of these match."""
+    history = run.metrics.get("history") or [{}]
+    return {"profile_hash": identity_hash(run_identity(run.profile, run.method, run.seed)),
+            "method": run.method, "seed": run.seed, "epoch": history[-1].get("epoch"),
+            "state_hash": state_hash(run.model)}
+
+
+def _stale_because(stored: RobustnessTable, config: dict[str, Any],
+                   fingerprint: dict[str, Any]) -> str | None:
+    """Why a stored table cannot stand for this run and protocol (None: it can)."""
+    if stored.meta.get("config") != config:
+        return "it was computed with other attacks, examples or checks"
+    made_by = stored.meta.get("run_fingerprint")
+    if not isinstance(made_by, dict):
+        return "it does not record which run produced it"
+    differing = [k for k in fingerprint if made_by.get(k) != fingerprint[k]]
+    if differing:
+        return ("it was computed for another run (differing: " + ", ".join(
+            f"{k} {made_by.get(k)!r} vs {fingerprint[k]!r}" for k in differing) + ")")
+    return None
+
+
 def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  sources: Mapping[str, nn.Module] | None = None, n_examples: int | None = None,
                  force: bool = False, strict: bool = False, autocast: bool = True,
                  progress: bool = True) -> RobustnessTable:
     """The robustness table of a trained run under its profile's protocol
     (:func:`~adt.protocol.standard_attacks` at the profile's epsilon, transfer attacks
-    from ``sources``), saved as ``eval.json`` in the run directory. A stored table with the
-    same attacks, examples and checks is loaded instead of attacking again (``force``
-    recomputes). ``n_examples`` defaults to the profile's, capped at the test split."""
+    from ``sources``), saved as ``eval.json`` in the run directory with the run's
+    :func:`run_fingerprint`. A stored table is loaded instead of attacking again only
+    when it has the same attacks, examples and checks and was computed for this very run
+    (same profile settings, method, seed, epoch and weights); otherwise it is recomputed,
+    with a warning saying why (``force`` recomputes always). ``n_examples`` defaults to
+    the profile's, capped at the test split."""
     profile = run.profile
     settings = profile.eval
     epsilon = profile.train_epsilon
@@ -209,15 +240,23 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
         data = load_dataset(profile.dataset, device=device_of(run.model))
     n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
     config = _config(attacks, n, checks)
+    fingerprint = run_fingerprint(run)
     if path.is_file() and not force:
-        stored = load_table(path)
-        if stored.meta.get("config") == config:
-            report(stored, strict)
-            return stored
+        try:
+            stored: RobustnessTable | None = load_table(path)
+        except ValueError as err:  # not JSON, not a table: named in the message
+            stored, why = None, f"it cannot be read ({err})"
+        if stored is not None:
+            why = _stale_because(stored, config, fingerprint)
+            if why is None:
+                report(stored, strict)
+                return stored
+        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=2)
     table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
                              sanity=checks, autocast=autocast, progress=progress)
     table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
-                      seed=run.seed, run=str(run.path), config=config)
+                      seed=run.seed, run=str(run.path), config=config,
+                      run_fingerprint=fingerprint)
     table.save(path)
     if strict:
         report(table, strict=True)
@@ -230,6 +269,7 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
     """Accuracy of ``model`` (in eval mode, modes restored) under PGD with these settings;
     the points of the accuracy-vs-epsilon and accuracy-vs-steps curves."""
     device = device_of(model)
+    check_batch(x, y)
     spec = pgd_spec("PGD", epsilon, step_size / epsilon, steps)
     with preserved_modes(model), isolated_rng(device, seed):
         model.eval()

@@ -52,7 +52,7 @@ def check_positive(value: float, what: str, example: str) -> float:
     """A finite real number > 0."""
     real = as_real(value)
     if real is None or not real > 0:
-        raise ValueError(f"{what}={value!r} must be a finite number > 0; use e.g. {example}")
+        raise ValueError(f"{what}={value!r} must be > 0 and finite; use e.g. {example}")
     return real
 
 
@@ -60,7 +60,7 @@ def check_nonnegative(value: float, what: str, example: str) -> float:
     """A finite real number >= 0."""
     real = as_real(value)
     if real is None or not real >= 0:
-        raise ValueError(f"{what}={value!r} must be a finite number >= 0; use e.g. {example}")
+        raise ValueError(f"{what}={value!r} must be >= 0 and finite; use e.g. {example}")
     return real
 
 

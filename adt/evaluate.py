@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ from tqdm.auto import tqdm
 
 from adt._checks import check_int_at_least
 from adt.data import DATASETS, ImageDataset, load_dataset, to_float
-from adt.primitives import correct_predictions
+from adt.primitives import check_batch, correct_predictions
 from adt.profiles import Profile
 from adt.protocol import CLEAN, AttackSpec, full_autoattack, pgd_spec, plain, standard_attacks
-from adt.runs import DEFAULT_RUNS_ROOT, Run, run_dir
+from adt.runs import DEFAULT_RUNS_ROOT, Run, identity_hash, run_dir, run_identity, state_hash
 from adt.runtime import autocast as bf16_autocast
 from adt.runtime import device_of, isolated_rng, preserved_modes
 from adt.sanity import SanityChecks, report, run_checks
@@ -41,7 +42,7 @@ from adt.table import EVAL_FILE, RobustnessTable, load_table
 FULL_AUTOATTACK_FILE = "eval_full_autoattack.json"
 
 __all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors", "eval_path",
-           "pgd_accuracy", "FULL_AUTOATTACK_FILE",
+           "run_fingerprint", "pgd_accuracy", "FULL_AUTOATTACK_FILE",
            "check_deterministic", "RandomizedModelError"]
 
 
@@ -69,7 +70,9 @@ def _examples(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], n: int | N
     x, y = x[:n].to(device), y[:n].to(device)
     if len(x) == 0:
         raise ValueError("data holds no test examples; pass a dataset with a test split")
-    return (to_float(x) if x.dtype == torch.uint8 else x), y
+    x = to_float(x) if x.dtype == torch.uint8 else x
+    check_batch(x, y)  # finite floats in [0, 1], one label each (one host sync)
+    return x, y
 
 
 def _checked_specs(attacks: Sequence[AttackSpec]) -> list[AttackSpec]:
@@ -228,6 +231,31 @@ def _config(attacks: Sequence[AttackSpec], n_examples: int, checks: SanityChecks
             "sanity": None if checks is None else plain(checks.to_dict())}
 
 
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What produced a run's weights: a hash of its identity (profile settings, method,
+    seed; :func:`~adt.runs.run_identity`), method, seed, final epoch, and a hash of the
+    model's state. A stored ``eval.json`` is reused only when all of these match."""
+    history = run.metrics.get("history") or [{}]
+    return {"profile_hash": identity_hash(run_identity(run.profile, run.method, run.seed)),
+            "method": run.method, "seed": run.seed, "epoch": history[-1].get("epoch"),
+            "state_hash": state_hash(run.model)}
+
+
+def _stale_because(stored: RobustnessTable, config: dict[str, Any],
+                   fingerprint: dict[str, Any]) -> str | None:
+    """Why a stored table cannot stand for this run and protocol (None: it can)."""
+    if stored.meta.get("config") != config:
+        return "it was computed with other attacks, examples or checks"
+    made_by = stored.meta.get("run_fingerprint")
+    if not isinstance(made_by, dict):
+        return "it does not record which run produced it"
+    differing = [k for k in fingerprint if made_by.get(k) != fingerprint[k]]
+    if differing:
+        return ("it was computed for another run (differing: " + ", ".join(
+            f"{k} {made_by.get(k)!r} vs {fingerprint[k]!r}" for k in differing) + ")")
+    return None
+
+
 def _cached_table(run: Run, data: ImageDataset | None, attacks: Sequence[AttackSpec],
                   checks: SanityChecks | None, filename: str, n_examples: int | None,
                   force: bool, strict: bool, autocast: bool, progress: bool) -> RobustnessTable:
@@ -239,16 +267,24 @@ def _cached_table(run: Run, data: ImageDataset | None, attacks: Sequence[AttackS
         data = load_dataset(run.profile.dataset, device=device_of(run.model))
     n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
     config = _config(attacks, n, checks)
+    fingerprint = run_fingerprint(run)
     if path.is_file() and not force:
-        stored = load_table(path)
-        if stored.meta.get("config") == config:
-            report(stored, strict, stacklevel=4)
-            return stored
+        try:
+            stored: RobustnessTable | None = load_table(path)
+        except ValueError as err:  # not JSON, not a table: named in the message
+            stored, why = None, f"it cannot be read ({err})"
+        if stored is not None:
+            why = _stale_because(stored, config, fingerprint)
+            if why is None:
+                report(stored, strict, stacklevel=4)
+                return stored
+        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=3)
     table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
                              sanity=checks if checks is not None else False, autocast=autocast,
                              progress=progress)
     table.meta.update(profile=run.profile.name, dataset=run.profile.dataset, method=run.method,
-                      seed=run.seed, run=str(run.path), config=config)
+                      seed=run.seed, run=str(run.path), config=config,
+                      run_fingerprint=fingerprint)
     table.save(path)
     if strict:
         report(table, strict=True)
@@ -261,9 +297,12 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  progress: bool = True) -> RobustnessTable:
     """The robustness table of a trained run under its profile's protocol
     (:func:`~adt.protocol.standard_attacks` at the profile's epsilon, transfer attacks
-    from ``sources``), saved as ``eval.json`` in the run directory. A stored table with the
-    same attacks, examples and checks is loaded instead of attacking again (``force``
-    recomputes). ``n_examples`` defaults to the profile's, capped at the test split."""
+    from ``sources``), saved as ``eval.json`` in the run directory with the run's
+    :func:`run_fingerprint`. A stored table is loaded instead of attacking again only
+    when it has the same attacks, examples and checks and was computed for this very run
+    (same profile settings, method, seed, epoch and weights); otherwise it is recomputed,
+    with a warning saying why (``force`` recomputes always). ``n_examples`` defaults to
+    the profile's, capped at the test split."""
     profile = run.profile
     epsilon = profile.train_epsilon
     attacks = standard_attacks(profile.eval, epsilon,
@@ -298,14 +337,15 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
     attacks = [CLEAN, *full_autoattack(profile.train_epsilon,
                                        DATASETS[profile.dataset].num_classes)]
     config = {**_config(attacks, len(index), None), "examples": index.tolist()}
+    fingerprint = run_fingerprint(run)
     path = run.path / FULL_AUTOATTACK_FILE
     stored = load_table(path) if path.is_file() and not force else None
-    if stored is None or stored.meta.get("config") != config:
+    if stored is None or _stale_because(stored, config, fingerprint) is not None:
         stored = robustness_table(run.model, (x[index.to(device)], y[index.to(device)]),
                                   attacks, batch_size=profile.eval.batch_size, sanity=False,
                                   autocast=autocast, progress=progress)
         stored.meta.update(profile=profile.name, method=run.method, seed=run.seed,
-                           run=str(run.path), config=config)
+                           run=str(run.path), config=config, run_fingerprint=fingerprint)
         stored.save(path)
     out[index] = stored.worst_case()
     return out
@@ -317,6 +357,7 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
     """Accuracy of ``model`` (in eval mode, modes restored) under PGD with these settings;
     the points of the accuracy-vs-epsilon and accuracy-vs-steps curves."""
     device = device_of(model)
+    check_batch(x, y)
     spec = pgd_spec("PGD", epsilon, step_size / epsilon, steps)
     with preserved_modes(model), isolated_rng(device, seed):
         model.eval()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adt._checks import check_choice, check_int_at_least, check_positive
+from adt._checks import check_choice, check_int_at_least, check_nonnegative, check_positive
 from adt.data import DatasetSpec
 from adt.inner import (
     CONDITIONINGS,
@@ -69,6 +69,11 @@ class MethodSettings:
         check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
         check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
         check_int_at_least(self.imp_noise_dim, 1, "imp_noise_dim", "64")
+        for name, example in (("adt_lr", "0.3"), ("am_lr", "2e-4")):
+            check_positive(getattr(self, name), name, example)
+        for name, example in (("adt_lambda", "0.01"), ("am_lambda", "0.01"),
+                              ("imp_lambda", "1.0"), ("imp_threshold", "0.9")):
+            check_nonnegative(getattr(self, name), name, example)
         check_choice(self.adt_update, ExplicitADT.UPDATES, "adt_update")
         check_choice(self.am_conditioning, CONDITIONINGS, "am_conditioning")
 

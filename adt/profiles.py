@@ -14,16 +14,47 @@ is 0.25), so a profile stays meaningful when its dataset (and epsilon) changes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
+from adt._checks import (
+    check_choice,
+    check_epsilon,
+    check_fraction,
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+)
 from adt.data import DATASETS
 from adt.methods import METHODS, MethodSettings
 from adt.models import MODELS
 
 __all__ = ["Recipe", "EvalSettings", "Profile", "PROFILES", "get_profile"]
+
+def _set(obj: Any, **values: Any) -> None:
+    """Store checked values (plain Python numbers) on a frozen dataclass."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+#: Constructor arguments the trainer sets from the dataset (never from ``model_kwargs``).
+_FROM_DATASET = ("self", "in_channels", "num_classes", "image_size")
+
+
+def _check_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> None:
+    """Every key of ``model_kwargs`` is an argument of the model's constructor."""
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"model_kwargs={kwargs!r} must be a mapping of constructor arguments, "
+                         "e.g. {'width': 16}")
+    allowed = [name for name, p in inspect.signature(MODELS[model]).parameters.items()
+               if name not in _FROM_DATASET and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model_kwargs {unknown} are not arguments of model {model!r} "
+                         f"({MODELS[model].__name__}); allowed: {allowed or 'none'}")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -42,10 +73,16 @@ class Recipe:
     batch_size_overrides: Mapping[str, int] = field(default_factory=dict)  # method -> batch
 
     def __post_init__(self) -> None:
-        check_int_at_least(self.epochs, 1, "epochs", "76")
-        check_int_at_least(self.batch_size, 1, "batch_size", "64")
-        check_positive(self.lr, "lr", "0.1")
-        check_int_at_least(self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0")
+        _set(self, epochs=check_int_at_least(self.epochs, 1, "epochs", "76"),
+             batch_size=check_int_at_least(self.batch_size, 1, "batch_size", "64"),
+             lr=check_positive(self.lr, "lr", "0.1"),
+             momentum=check_fraction(self.momentum, "momentum", "0.9"),
+             weight_decay=check_nonnegative(self.weight_decay, "weight_decay", "2e-4"),
+             lr_milestones=tuple(check_int_at_least(m, 1, "lr_milestones entry", "(74,)")
+                                 for m in self.lr_milestones),
+             lr_gamma=check_positive(self.lr_gamma, "lr_gamma", "0.1"),
+             epsilon_warmup_epochs=check_int_at_least(
+                 self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0"))
         for method, batch in self.batch_size_overrides.items():
             check_choice(method, METHODS, "method in batch_size_overrides")
             check_int_at_least(batch, 1, f"batch_size_overrides[{method!r}]", "128")
@@ -97,8 +134,20 @@ class EvalSettings:
         check_int_at_least(self.autoattack_steps, 1, "autoattack_steps", "100")
         check_int_at_least(self.autoattack_targets, 1, "autoattack_targets", "9")
         check_int_at_least(self.square_queries, 1, "square_queries", "5000")
-        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps):
+        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps,
+                      *self.curve_steps):
             check_int_at_least(steps, 1, "attack steps", "20")
+        for name, example in (("step_fraction", "0.25"), ("fea_step_fraction", "0.125"),
+                              ("cw_kappa", "50"), ("spsa_lr", "0.01"), ("spsa_delta", "1e-3")):
+            check_positive(getattr(self, name), name, example)
+        for name, example in (("fea_targets", "200"), ("spsa_examples", "1000"),
+                              ("spsa_iterations", "100"), ("spsa_samples", "256"),
+                              ("sanity_restarts", "5"), ("figure_examples", "100"),
+                              ("figure_samples", "100"), ("surface_grid", "41"),
+                              ("hessian_iterations", "20")):
+            check_int_at_least(getattr(self, name), 1, name, example)
+        for multiplier in self.curve_epsilon_multipliers:
+            check_positive(multiplier, "curve_epsilon_multipliers entry", "1.0")
 
 
 @dataclass(frozen=True)
@@ -126,13 +175,19 @@ class Profile:
         check_choice(self.dataset, DATASETS, "dataset")
         check_choice(self.model, MODELS, "model")
         if self.epsilon is not None:
-            check_epsilon(self.epsilon)
+            _set(self, epsilon=check_epsilon(self.epsilon))
         if self.train_examples is not None:
-            check_int_at_least(self.train_examples, 1, "train_examples", "4000")
-        check_int_at_least(self.monitor_examples, 1, "monitor_examples", "500")
+            _set(self, train_examples=check_int_at_least(self.train_examples, 1,
+                                                         "train_examples", "4000"))
+        _set(self, monitor_examples=check_int_at_least(self.monitor_examples, 1,
+                                                       "monitor_examples", "500"),
+             monitor_pgd_steps=check_int_at_least(self.monitor_pgd_steps, 1,
+                                                  "monitor_pgd_steps", "10"))
         if not self.seeds:
             raise ValueError("seeds=() is empty; give at least one seed, e.g. (0,)")
+        _set(self, seeds=tuple(check_int_at_least(seed, 0, "seed", "0") for seed in self.seeds))
         check_choice(self.device, ("auto", "cpu", "cuda"), "device")
+        _check_model_kwargs(self.model, self.model_kwargs)
 
     @property
     def train_epsilon(self) -> float:

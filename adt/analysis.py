@@ -309,13 +309,13 @@ def implicit_sampler(adversary: Any, model: nn.Module, x: torch.Tensor,
     """A :data:`Sampler` of ADT_IMP-AM's implicit distribution for the batch ``(x, y)``
     against ``model``.
 
-    ``adversary`` is an ``AmortizedImplicitADT`` (anything with ``conditioning(model, x,
+    ``adversary`` is an ``AmortizedImplicitADT`` (anything with ``conditioning_input(model, x,
     y)`` and ``sample_from(cond) -> (delta, z)``). The conditioning (two input gradients)
     is computed once; the n draws run as one generator batch of n*B images with
     independent noise. Put the adversary in eval mode first so that BatchNorm does not
     couple the draws.
     """
-    cond = adversary.conditioning(model, x, y).detach()
+    cond = adversary.conditioning_input(model, x, y).detach()
 
     def sample(n: int) -> torch.Tensor:
         with torch.no_grad():

@@ -10,8 +10,9 @@ White-box attacks of the paper's evaluation protocol (REPRODUCTION.md, "Evaluati
   of an image of another class;
 * :func:`with_restarts` repeats any of them and keeps the strongest result per example.
 
-Library attacks through torchattacks: :func:`autoattack` (Croce & Hein 2020) and
-:func:`spsa` (Uesato et al. 2018); and :func:`transfer` (craft on one model, score on
+Library attacks through torchattacks: :func:`autoattack` (Croce & Hein 2020),
+:func:`square` (Andriushchenko et al. 2020) and :func:`spsa` (Uesato et al. 2018), the
+last two score-based (no gradients); and :func:`transfer` (craft on one model, score on
 another).
 
 Every attack is batched tensor code: one forward and one backward per step for the
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
@@ -47,12 +49,12 @@ from adt.primitives import (
 )
 from adt.runtime import device_of, isolated_rng, per_example, preserved_modes
 
-__all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack", "spsa",
-           "transfer", "AUTOATTACK_VERSIONS", "Attack"]
+__all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
+           "autoattack_parts", "square", "spsa", "transfer", "AUTOATTACK_VERSIONS", "Attack"]
 
 Attack = Callable[..., torch.Tensor]  # (model, x, y, **settings) -> x_adv
 
-AUTOATTACK_VERSIONS = ("standard", "cheap")
+AUTOATTACK_VERSIONS = ("standard", "gradient", "cheap")
 
 
 def _keep(best: torch.Tensor, found: torch.Tensor, candidate: torch.Tensor,
@@ -122,55 +124,67 @@ def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
 
 
 def _other_class_targets(y: torch.Tensor, pool_y: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices into the pool, random images whose label differs from y, distinct where
-    the pool allows (otherwise the first choice repeats). One host sync checks that every
+    """(B, k) indices into the pool: images whose label differs from y, drawn uniformly at
+    random with replacement (as the release draws them). One host sync checks that every
     example has at least one image of another class."""
     other = pool_y[None, :] != y[:, None]
     if not bool(other.any(1).all()):
         raise ValueError("fea_attack needs, for every example, a target image of another class, "
                          "but the target pool holds only images of the example's class; pass a "
                          "batch with several classes or target_pool=(x_pool, y_pool)")
-    scores = torch.rand(other.shape, device=y.device).masked_fill(~other, -1.0)
-    idx = scores.topk(k, dim=1).indices
-    return torch.where(other.gather(1, idx), idx, idx[:, :1])
+    return torch.multinomial(other.float(), k, replacement=True)
+
+
+FEATURE_DISTANCES = ("cosine", "l2")
+
+
+def _feature_distance(features: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:
+    """Per example: max(0, 1 - cos(features, target)) ("cosine") or ||features - target||^2."""
+    if distance == "cosine":
+        return (1 - F.cosine_similarity(features, target, dim=1)).clamp_min(0.0)
+    return (features - target).pow(2).sum(1)
 
 
 def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
-               step_size: float, steps: int = 50, targets: int = 9, random_start: bool = True,
+               step_size: float, steps: int = 50, targets: int = 200, random_start: bool = True,
                target_pool: tuple[torch.Tensor, torch.Tensor] | None = None,
-               early_stop: bool = True) -> torch.Tensor:
-    """Feature-space attack (FeaAttack in the paper's evaluation): sign descent on
+               distance: str = "cosine") -> torch.Tensor:
+    """Feature-space attack (FeaAttack, as the release runs it): sign descent on the distance
 
-        || phi(x + delta) - phi(x_t) ||_2^2,
+        d(phi(x + delta), phi(x_t))      (default: 1 - cos, clamped at 0; "l2": squared l2),
 
     phi the penultimate features (:func:`adt.models.penultimate_features`), x_t an image
-    of another class; ``steps`` projected steps of ``step_size`` (paper: 50 steps of
-    epsilon / 8 = 1/255 at 8/255). Up to ``targets`` candidate x_t are tried, drawn at
-    random from ``target_pool`` (default: the batch itself); per example the result of
-    the first target that makes it misclassified is kept, else that of the last one.
-    ``early_stop`` stops when every example is fooled (one host sync per target).
+    of another class; ``steps`` projected steps of ``step_size`` from a uniform random start
+    (release: 50 steps of 1/255 at 8/255, ``targets`` = 200 images drawn at random with
+    replacement from ``target_pool``'s images of other labels; default pool: the batch).
+    An example counts as robust only if no copy is misclassified: per example the first
+    misclassified copy is kept (later targets attack only the examples still standing,
+    one host sync per target), else the last copy.
     """
     _check_iterative(x, y, epsilon, step_size, steps)
-    check_int_at_least(targets, 1, "targets", "9 (one per other class on CIFAR-10)")
+    check_int_at_least(targets, 1, "targets", "200 (the release's)")
+    check_choice(distance, FEATURE_DISTANCES, "FeaAttack distance")
     pool_x, pool_y = (x, y) if target_pool is None else target_pool
     check_batch(pool_x, pool_y)
     x = x.detach()
-    idx = _other_class_targets(y, pool_y, min(targets, len(pool_y)))
-    best, found = x, torch.zeros_like(y, dtype=torch.bool)
-    for t in range(idx.shape[1]):
+    idx = _other_class_targets(y, pool_y, targets)
+    best, found = x.clone(), torch.zeros_like(y, dtype=torch.bool)
+    for t in range(targets):
+        active = (~found).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        xa, ya = x[active], y[active]
         with torch.no_grad():
-            target = penultimate_features(model, pool_x[idx[:, t]])[0].float()
+            target = penultimate_features(model, pool_x[idx[active, t]])[0].float()
 
         def closeness(v: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
-            return -(penultimate_features(model, v)[0].float() - target).pow(2).sum()
+            features = penultimate_features(model, v)[0].float()
+            return -_feature_distance(features, target, distance).sum()
 
-        start = uniform_start(x, epsilon) if random_start else x
-        candidate = sign_ascent(closeness, x, start, epsilon=epsilon, step_size=step_size,
-                                steps=steps)
-        fooled = misclassified(model, candidate, y)
-        best, found = _keep(best, found, candidate, fooled, torch.ones_like(fooled))
-        if early_stop and bool(found.all()):
-            break
+        start = uniform_start(xa, epsilon) if random_start else xa
+        best[active] = sign_ascent(closeness, xa, start, epsilon=epsilon, step_size=step_size,
+                                   steps=steps)
+        found[active] = misclassified(model, best[active], ya)
     return best
 
 
@@ -236,21 +250,40 @@ def _run_library(build: Callable[[nn.Module], Any], model: nn.Module, x: torch.T
     return project(x_adv.detach().to(x.device, x.dtype), x.detach(), epsilon)
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
-               version: str = "standard", num_classes: int = 10, steps: int = 100,
-               targets: int = 9, square_queries: int = 5000, seed: int = 0) -> torch.Tensor:
-    """AutoAttack (Croce & Hein 2020) from torchattacks' components, run as a cascade
-    (each attack only on the examples that survived the previous ones: the per-example
-    worst case).
+def autoattack_parts(net: nn.Module, *, epsilon: float, version: str = "standard",
+                     num_classes: int = 10, steps: int = 100, targets: int = 9,
+                     square_queries: int = 5000, seed: int = 0) -> list[Any]:
+    """The torchattacks components of AutoAttack (Croce & Hein 2020), in cascade order.
 
     * ``"standard"``: APGD-CE, APGD-T, FAB-T (``targets`` target classes each, capped at
       ``num_classes - 1``) with ``steps`` iterations, then Square with ``square_queries``
-      queries. The defaults are the original's (100 iterations, 9 targets, 5000
-      queries); torchattacks' own ``AutoAttack`` class runs 10 iterations instead.
-    * ``"cheap"``: APGD-CE and APGD-T only, for CPU profiles (choose fewer ``steps`` and
-      ``targets``).
+      queries: with the defaults (100 iterations, 9 targets, 5000 queries, one restart
+      each) the original "standard" AutoAttack; torchattacks' own ``AutoAttack`` class
+      runs 10 iterations instead;
+    * ``"gradient"``: the gradient-based part of "standard" (APGD-CE, APGD-T, FAB-T);
+    * ``"cheap"``: APGD-CE and APGD-T only.
     """
     import torchattacks  # imported here: a slow import only the library attacks need
+
+    n_targets = min(targets, num_classes - 1) + 1  # torchattacks: "n_classes" = targets + 1
+    common = {"norm": "Linf", "eps": epsilon, "seed": seed, "n_restarts": 1}
+    parts = [torchattacks.APGD(net, loss="ce", steps=steps, **common),
+             torchattacks.APGDT(net, steps=steps, n_classes=n_targets, **common)]
+    if version in ("standard", "gradient"):
+        parts.append(torchattacks.FAB(net, steps=steps, multi_targeted=True,
+                                      n_classes=n_targets, **common))
+    if version == "standard":
+        parts.append(torchattacks.Square(net, n_queries=square_queries, **common))
+    return parts
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+               version: str = "standard", num_classes: int = 10, steps: int = 100,
+               targets: int = 9, square_queries: int = 5000, seed: int = 0) -> torch.Tensor:
+    """AutoAttack (Croce & Hein 2020) from torchattacks' components
+    (:func:`autoattack_parts`), run as a cascade: each attack only on the examples that
+    survived the previous ones, the per-example worst case."""
+    import torchattacks
 
     check_epsilon(epsilon)
     check_choice(version, AUTOATTACK_VERSIONS, "AutoAttack version")
@@ -259,17 +292,30 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
     check_int_at_least(targets, 1, "targets", "9 (the original AutoAttack)")
     check_int_at_least(square_queries, 1, "square_queries", "5000 (the original AutoAttack)")
     check_batch(x, y)
-    n_targets = min(targets, num_classes - 1) + 1  # torchattacks: "n_classes" = targets + 1
 
     def build(net: nn.Module) -> Any:
-        common = {"norm": "Linf", "eps": epsilon, "seed": seed, "n_restarts": 1}
-        parts = [torchattacks.APGD(net, loss="ce", steps=steps, **common),
-                 torchattacks.APGDT(net, steps=steps, n_classes=n_targets, **common)]
-        if version == "standard":
-            parts += [torchattacks.FAB(net, steps=steps, multi_targeted=True,
-                                       n_classes=n_targets, **common),
-                      torchattacks.Square(net, n_queries=square_queries, **common)]
-        return torchattacks.MultiAttack(parts)
+        return torchattacks.MultiAttack(autoattack_parts(
+            net, epsilon=epsilon, version=version, num_classes=num_classes, steps=steps,
+            targets=targets, square_queries=square_queries, seed=seed))
+
+    return _run_library(build, model, x, y, epsilon)
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+           queries: int = 5000, seed: int = 0) -> torch.Tensor:
+    """Square Attack (Andriushchenko et al. 2020), a score-based black-box attack: random
+    square-shaped updates at the corners of the ball, accepted when they lower the margin
+    loss; ``queries`` model evaluations per image at most (AutoAttack's: 5000). It uses no
+    gradient, so it breaks what gradient masking hides."""
+    import torchattacks
+
+    check_epsilon(epsilon)
+    check_int_at_least(queries, 1, "queries", "5000 (AutoAttack's Square)")
+    check_batch(x, y)
+
+    def build(net: nn.Module) -> Any:
+        return torchattacks.Square(net, norm="Linf", eps=epsilon, n_queries=queries,
+                                   n_restarts=1, seed=seed)
 
     return _run_library(build, model, x, y, epsilon)
 

@@ -11,8 +11,9 @@ of the step time to PGD-AT's beside the ratio of pass counts, peak memory, and t
 achieved TFLOP/s (FLOPs counted with ``torch.utils.flop_counter``'s formulas on one real step,
 not guessed). It also times a *reference-style* ADT_EXP step written the way the
 authors' release does it (k samples in a Python loop with ``retain_graph``, float32,
-NCHW) so the speed-up is measured side by side. Results go to stdout and
-``benchmarks/<device>-<model>.json``.
+NCHW) so the speed-up is measured side by side. Results go to stdout; the JSON is
+written only when asked, with ``--output PATH`` (the committed results are
+``benchmarks/<device>-<model>.json``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from adt.attacks import pgd
 from adt.data import DATASETS
 from adt.methods import LABELS, METHODS, build_maximizer
 from adt.models import MODELS, build_model
-from adt.profiles import Profile, get_profile
+from adt.profiles import PROFILES, Profile, get_profile
 from adt.runtime import autocast, eval_mode, resolve_device
 from adt.train import train_step
 
@@ -54,9 +55,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _check_counts(warmup: int, steps: int, repeats: int) -> None:
+    check_int_at_least(warmup, 0, "warmup", "2")
+    check_int_at_least(steps, 1, "steps", "5")
+    check_int_at_least(repeats, 1, "repeats", "3")
+
+
 def _time(fn: Callable[[], Any], device: torch.device, warmup: int, steps: int,
           repeats: int = 3) -> float:
     """Median over ``repeats`` of the mean seconds per call of ``fn`` (after ``warmup`` calls)."""
+    _check_counts(warmup, steps, repeats)
     for _ in range(warmup):
         fn()
     _synchronize(device)
@@ -158,7 +166,7 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
     model_name = model_name or profile.model
     check_choice(model_name, MODELS, "model")
     check_int_at_least(batch_size, 1, "batch_size", "128")
-    check_int_at_least(steps, 1, "steps", "5")
+    _check_counts(warmup, steps, repeats)
     amp = functools.partial(autocast, dev, fast)
     rows = []
     for method in methods:
@@ -223,6 +231,9 @@ def benchmark_attacks(model_name: str = "small_cnn", *, batch_size: int = 256,
     """Images/s of PGD-``steps`` with :func:`adt.attacks.pgd` and torchattacks' PGD, same model."""
     import torchattacks
 
+    check_choice(model_name, MODELS, "model")
+    check_int_at_least(batch_size, 1, "batch_size", "256")
+    _check_counts(warmup, steps, repeats)
     dev = resolve_device(device)
     profile = profile or get_profile("quick")
     model, x, y, spec = _setup(model_name, batch_size, dev, profile, False)
@@ -285,13 +296,18 @@ def benchmark_training(model_name: str, batch_size: int, device: str, *, steps: 
     if ref:
         print(f"ADT_EXP speed-up over the reference-style step: {ref['our_speedup_over_this']:.2f}x")
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {output}")
+        _write(result, output)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def _write(result: dict[str, Any], output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked: a bad count ends in a usage error (exit code 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="small_cnn", choices=sorted(MODELS))
     parser.add_argument("--width", type=int, default=None,
@@ -301,18 +317,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", default="quick",
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                         help="profile whose method settings (T, k, ngf, ...) are used")
     parser.add_argument("--attacks", action="store_true",
                         help="benchmark PGD-20 evaluation (ours vs torchattacks) instead")
     parser.add_argument("--output", default=None,
-                        help="JSON path (default benchmarks/<device>-<model>.json; 'none' skips)")
+                        help="write the JSON here (e.g. benchmarks/cpu-small_cnn.json, the "
+                             "committed results); default: print only")
     args = parser.parse_args(argv)
-    check_int_at_least(args.batch_size, 1, "--batch-size", "128")
+    for option, minimum in (("batch_size", 1), ("steps", 1), ("warmup", 0), ("repeats", 1),
+                            ("width", 1)):
+        value = getattr(args, option)
+        if value is not None and value < minimum:
+            parser.error(f"--{option.replace('_', '-')} {value} must be >= {minimum}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available on this machine; use "
+                     "--device cpu")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     profile = get_profile(args.profile)
     dev = resolve_device(args.device)
-    tag = f"{dev.type}-{args.model}" + ("-attacks" if args.attacks else "")
-    output = None if args.output == "none" else Path(args.output or f"benchmarks/{tag}.json")
+    output = None if args.output in (None, "none") else Path(args.output)
     if args.attacks:
         result = benchmark_attacks(args.model, batch_size=args.batch_size, device=dev,
                                    warmup=args.warmup, repeats=args.repeats, profile=profile)
@@ -322,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['torchattacks_images_per_second']:.1f} img/s, ratio "
               f"{result['speedup']:.2f}x")
         if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {output}")
+            _write(result, output)
         return 0
     kwargs = {"width": args.width} if args.width and args.model == "small_cnn" else None
     benchmark_training(args.model, args.batch_size, args.device, steps=args.steps,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Distribution, constraints
 
-__all__ = ["TanhGaussian", "EntropyEstimate", "log1m_tanh_sq"]
+__all__ = ["TanhGaussian", "EntropyEstimate", "log1m_tanh_sq", "release_negative_log_density"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -28,6 +28,20 @@ def log1m_tanh_sq(u: torch.Tensor) -> torch.Tensor:
     (the log-Jacobian of tanh)."""
     a = u.abs()
     return 2.0 * (math.log(2.0) - a - torch.log1p(torch.exp(-2.0 * a)))
+
+
+def release_negative_log_density(noise: torch.Tensor, u: torch.Tensor,
+                                 scale: torch.Tensor) -> torch.Tensor:
+    """The release's per-pixel -log p(delta) up to constants, Eq. (11) as it computes it:
+
+        r^2 / 2 + log(sigma + 1e-8) + log(1 - tanh(u)^2 + 1e-8),   u = mu + sigma r,
+
+    with ``noise`` the drawn r (so r^2 / 2 carries no gradient) and the naive logarithms
+    (flat at log 1e-8 once tanh(u) rounds to 1: no gradient pulls a saturated u back).
+    Its mean over the batch and the pixels is the entropy term lambda = 0.01 was tuned
+    for (REPRODUCTION.md, "ADT_EXP as released")."""
+    return (noise.square() / 2 + torch.log(scale + 1e-8)
+            + torch.log(1 - torch.tanh(u).square() + 1e-8))
 
 
 class EntropyEstimate(NamedTuple):
@@ -107,6 +121,14 @@ class TanhGaussian(Distribution):
         log_p = (-0.5 * r.square() - _HALF_LOG_2PI - self.scale.log()
                  - log1m_tanh_sq(u) - math.log(self.epsilon))
         return log_p.flatten(-len(self.event_shape)).sum(-1)
+
+    def release_entropy(self, value: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the release's -log p of drawn ``value``s
+        (:func:`release_negative_log_density`); its mean over batch and pixels is the
+        entropy term of ADT_EXP and ADT_EXP-AM as released."""
+        u = self._pre_tanh(value)
+        noise = ((u - self.loc) / self.scale).detach()  # the drawn r: r^2 / 2 has no gradient
+        return release_negative_log_density(noise, u, self.scale)
 
     def entropy_estimate(self, value: torch.Tensor) -> EntropyEstimate:
         """Both entropy estimates of :class:`EntropyEstimate` for drawn ``value``s."""

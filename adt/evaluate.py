@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,20 @@ from tqdm.auto import tqdm
 
 from adt._checks import check_int_at_least
 from adt.data import DATASETS, ImageDataset, load_dataset, to_float
-from adt.primitives import correct_predictions
+from adt.primitives import check_batch, correct_predictions
 from adt.profiles import Profile
-from adt.protocol import CLEAN, AttackSpec, pgd_spec, plain, standard_attacks
-from adt.runs import DEFAULT_RUNS_ROOT, Run, run_dir
+from adt.protocol import CLEAN, AttackSpec, full_autoattack, pgd_spec, plain, standard_attacks
+from adt.runs import DEFAULT_RUNS_ROOT, Run, identity_hash, run_dir, run_identity, state_hash
 from adt.runtime import autocast as bf16_autocast
 from adt.runtime import device_of, isolated_rng, preserved_modes
 from adt.sanity import SanityChecks, report, run_checks
 from adt.table import EVAL_FILE, RobustnessTable, load_table
 
-__all__ = ["robustness_table", "evaluate_run", "eval_path", "pgd_accuracy"]
+FULL_AUTOATTACK_FILE = "eval_full_autoattack.json"
+
+__all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors", "eval_path",
+           "run_fingerprint", "pgd_accuracy", "FULL_AUTOATTACK_FILE",
+           "check_deterministic", "RandomizedModelError"]
 
 
 def eval_path(profile: Profile, method: str, seed: int,
@@ -65,7 +70,9 @@ def _examples(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], n: int | N
     x, y = x[:n].to(device), y[:n].to(device)
     if len(x) == 0:
         raise ValueError("data holds no test examples; pass a dataset with a test split")
-    return (to_float(x) if x.dtype == torch.uint8 else x), y
+    x = to_float(x) if x.dtype == torch.uint8 else x
+    check_batch(x, y)  # finite floats in [0, 1], one label each (one host sync)
+    return x, y
 
 
 def _checked_specs(attacks: Sequence[AttackSpec]) -> list[AttackSpec]:
@@ -80,7 +87,33 @@ def _checked_specs(attacks: Sequence[AttackSpec]) -> list[AttackSpec]:
         raise ValueError(f"attack names must be unique, {duplicated} repeat; rename the rows")
     if not any(a.kind == "clean" for a in attacks):
         attacks.insert(0, CLEAN)
+    for i, a in enumerate(attacks):
+        if a.survivors_of is not None and a.survivors_of not in names[:i]:
+            raise ValueError(f"AttackSpec {a.name!r} runs on the survivors of "
+                             f"{a.survivors_of!r}, which is not an earlier row; put that row "
+                             "first")
     return attacks
+
+
+class RandomizedModelError(ValueError):
+    """The model's outputs differ between two identical calls (random transforms, dropout
+    left on): white-box attacks would report a robustness it does not have."""
+
+
+def check_deterministic(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise :class:`RandomizedModelError` when two identical calls of ``model`` on ``x``
+    disagree (one host sync)."""
+    with torch.no_grad():
+        first, second = model(x).float(), model(x).float()
+    gap = (first - second).abs().amax()
+    if float(gap) > 1e-4 * (1.0 + float(first.abs().amax())):
+        raise RandomizedModelError(
+            f"the model's logits differ by up to {float(gap):.3g} between two identical calls "
+            "in eval mode: it is randomised (random input transforms, or dropout left on). "
+            "Gradient attacks on one draw overstate the robustness of such a model, so no "
+            "robust accuracy is reported. Make it deterministic for evaluation, or attack it "
+            "with expectation over transformation (average the gradients over many draws, "
+            "Athalye et al. 2018) with your own AttackSpec.")
 
 
 def _default_sanity(specs: Sequence[AttackSpec]) -> SanityChecks:
@@ -164,9 +197,18 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
     n_evaluated, seconds = [], []
     with preserved_modes(model), isolated_rng(device, seed):
         model.eval()
+        check_deterministic(model, x[:batch_size])
         for i, spec in enumerate(tqdm(specs, desc="attacks", disable=not progress)):
             started = time.perf_counter()
-            row = _evaluate_row(model, spec, x, y, batch_size, autocast).cpu()
+            if spec.survivors_of is None:
+                row = _evaluate_row(model, spec, x, y, batch_size, autocast).cpu()
+            else:  # a cascade: the earlier row AND this attack on that row's survivors
+                row = correct[[s.name for s in specs].index(spec.survivors_of)].clone()
+                alive = row.nonzero().squeeze(1)
+                if len(alive):
+                    index = alive.to(device)
+                    row[alive] = _evaluate_row(model, spec, x[index], y[index], batch_size,
+                                               autocast).cpu()
             correct[i, :len(row)] = row
             n_evaluated.append(len(row))
             seconds.append(time.perf_counter() - started)
@@ -183,10 +225,70 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
     return table
 
 
-def _config(attacks: Sequence[AttackSpec], n_examples: int, checks: SanityChecks
+def _config(attacks: Sequence[AttackSpec], n_examples: int, checks: SanityChecks | None
             ) -> dict[str, Any]:
     return {"attacks": [a.describe() for a in attacks], "n_examples": n_examples,
-            "sanity": plain(checks.to_dict())}
+            "sanity": None if checks is None else plain(checks.to_dict())}
+
+
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What produced a run's weights: a hash of its identity (profile settings, method,
+    seed; :func:`~adt.runs.run_identity`), method, seed, final epoch, and a hash of the
+    model's state. A stored ``eval.json`` is reused only when all of these match."""
+    history = run.metrics.get("history") or [{}]
+    return {"profile_hash": identity_hash(run_identity(run.profile, run.method, run.seed)),
+            "method": run.method, "seed": run.seed, "epoch": history[-1].get("epoch"),
+            "state_hash": state_hash(run.model)}
+
+
+def _stale_because(stored: RobustnessTable, config: dict[str, Any],
+                   fingerprint: dict[str, Any]) -> str | None:
+    """Why a stored table cannot stand for this run and protocol (None: it can)."""
+    if stored.meta.get("config") != config:
+        return "it was computed with other attacks, examples or checks"
+    made_by = stored.meta.get("run_fingerprint")
+    if not isinstance(made_by, dict):
+        return "it does not record which run produced it"
+    differing = [k for k in fingerprint if made_by.get(k) != fingerprint[k]]
+    if differing:
+        return ("it was computed for another run (differing: " + ", ".join(
+            f"{k} {made_by.get(k)!r} vs {fingerprint[k]!r}" for k in differing) + ")")
+    return None
+
+
+def _cached_table(run: Run, data: ImageDataset | None, attacks: Sequence[AttackSpec],
+                  checks: SanityChecks | None, filename: str, n_examples: int | None,
+                  force: bool, strict: bool, autocast: bool, progress: bool) -> RobustnessTable:
+    """The table of ``attacks`` on the run's first ``n_examples`` test images, kept as
+    ``filename`` in the run folder and loaded instead when its configuration matches."""
+    settings = run.profile.eval
+    path = run.path / filename
+    if data is None:
+        data = load_dataset(run.profile.dataset, device=device_of(run.model))
+    n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
+    config = _config(attacks, n, checks)
+    fingerprint = run_fingerprint(run)
+    if path.is_file() and not force:
+        try:
+            stored: RobustnessTable | None = load_table(path)
+        except ValueError as err:  # not JSON, not a table: named in the message
+            stored, why = None, f"it cannot be read ({err})"
+        if stored is not None:
+            why = _stale_because(stored, config, fingerprint)
+            if why is None:
+                report(stored, strict, stacklevel=4)
+                return stored
+        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=3)
+    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
+                             sanity=checks if checks is not None else False, autocast=autocast,
+                             progress=progress)
+    table.meta.update(profile=run.profile.name, dataset=run.profile.dataset, method=run.method,
+                      seed=run.seed, run=str(run.path), config=config,
+                      run_fingerprint=fingerprint)
+    table.save(path)
+    if strict:
+        report(table, strict=True)
+    return table
 
 
 def evaluate_run(run: Run, data: ImageDataset | None = None, *,
@@ -195,33 +297,58 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  progress: bool = True) -> RobustnessTable:
     """The robustness table of a trained run under its profile's protocol
     (:func:`~adt.protocol.standard_attacks` at the profile's epsilon, transfer attacks
-    from ``sources``), saved as ``eval.json`` in the run directory. A stored table with the
-    same attacks, examples and checks is loaded instead of attacking again (``force``
-    recomputes). ``n_examples`` defaults to the profile's, capped at the test split."""
+    from ``sources``), saved as ``eval.json`` in the run directory with the run's
+    :func:`run_fingerprint`. A stored table is loaded instead of attacking again only
+    when it has the same attacks, examples and checks and was computed for this very run
+    (same profile settings, method, seed, epoch and weights); otherwise it is recomputed,
+    with a warning saying why (``force`` recomputes always). ``n_examples`` defaults to
+    the profile's, capped at the test split."""
     profile = run.profile
-    settings = profile.eval
     epsilon = profile.train_epsilon
-    attacks = standard_attacks(settings, epsilon, num_classes=DATASETS[profile.dataset].num_classes,
-                               sources=sources)
-    checks = SanityChecks.from_settings(settings, epsilon)
-    path = run.path / EVAL_FILE
+    attacks = standard_attacks(profile.eval, epsilon,
+                               num_classes=DATASETS[profile.dataset].num_classes, sources=sources)
+    checks = SanityChecks.from_settings(profile.eval, epsilon)
+    return _cached_table(run, data, attacks, checks, EVAL_FILE, n_examples, force, strict,
+                         autocast, progress)
+
+
+def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDataset | None = None,
+                              *, force: bool = False, autocast: bool = True,
+                              progress: bool = True) -> torch.Tensor:
+    """Per example of ``table`` (the run's :func:`evaluate_run` table): robust under every
+    attack of its A_rob AND the original AutoAttack (:func:`~adt.protocol.full_autoattack`:
+    APGD-CE, APGD-T and FAB-T at 100 iterations and 9 targets, then Square at 5000 queries).
+
+    The original AutoAttack runs only on the examples that survive A_rob (the others are
+    broken already), so ``table.robust_accuracy`` minus the mean of the result is exactly
+    how much a profile's cheaper protocol overstates A_rob against the original. The run
+    is kept as ``eval_full_autoattack.json`` and reused while the survivors are the same.
+    """
+    survivors = table.worst_case()
+    index = survivors.nonzero().squeeze(1)
+    out = torch.zeros_like(survivors)
+    if len(index) == 0:
+        return out
+    profile = run.profile
     if data is None:
         data = load_dataset(profile.dataset, device=device_of(run.model))
-    n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
-    config = _config(attacks, n, checks)
-    if path.is_file() and not force:
-        stored = load_table(path)
-        if stored.meta.get("config") == config:
-            report(stored, strict)
-            return stored
-    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
-                             sanity=checks, autocast=autocast, progress=progress)
-    table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
-                      seed=run.seed, run=str(run.path), config=config)
-    table.save(path)
-    if strict:
-        report(table, strict=True)
-    return table
+    device = device_of(run.model)
+    x, y = _examples(data, table.n_examples, device)
+    attacks = [CLEAN, *full_autoattack(profile.train_epsilon,
+                                       DATASETS[profile.dataset].num_classes)]
+    config = {**_config(attacks, len(index), None), "examples": index.tolist()}
+    fingerprint = run_fingerprint(run)
+    path = run.path / FULL_AUTOATTACK_FILE
+    stored = load_table(path) if path.is_file() and not force else None
+    if stored is None or _stale_because(stored, config, fingerprint) is not None:
+        stored = robustness_table(run.model, (x[index.to(device)], y[index.to(device)]),
+                                  attacks, batch_size=profile.eval.batch_size, sanity=False,
+                                  autocast=autocast, progress=progress)
+        stored.meta.update(profile=profile.name, method=run.method, seed=run.seed,
+                           run=str(run.path), config=config, run_fingerprint=fingerprint)
+        stored.save(path)
+    out[index] = stored.worst_case()
+    return out
 
 
 def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
@@ -230,6 +357,7 @@ def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
     """Accuracy of ``model`` (in eval mode, modes restored) under PGD with these settings;
     the points of the accuracy-vs-epsilon and accuracy-vs-steps curves."""
     device = device_of(model)
+    check_batch(x, y)
     spec = pgd_spec("PGD", epsilon, step_size / epsilon, steps)
     with preserved_modes(model), isolated_rng(device, seed):
         model.eval()

@@ -30,15 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt._checks import check_epsilon, check_int_at_least, check_positive
+from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
 from adt.distributions import TanhGaussian
-from adt.models import Encoder, Generator
-from adt.primitives import ce_sum, input_gradient, l1_normalised, sign_ascent, uniform_start
+from adt.models import Encoder, Generator, NoiseMap
+from adt.primitives import (
+    ce_sum,
+    cross_entropy,
+    input_gradient,
+    l1_normalised,
+    sign_ascent,
+    uniform_start,
+)
 from adt.runtime import eval_mode
 
 __all__ = ["AdversarialBatch", "InnerMaximizer", "Clean", "PGD", "ExplicitADT",
            "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse",
-           "gradient_conditioning"]
+           "gradient_conditioning", "CONDITIONINGS"]
 
 
 @dataclass
@@ -143,11 +150,25 @@ class ExplicitADT(InnerMaximizer):
     the expectation estimated with ``num_samples`` draws that go through the
     classifier as one batch of ``num_samples * B`` images (one forward and one
     backward per step). The update is Adam with betas (0, 0), which reduces to
-    ``lr * g / (|g| + 1e-8)``. The classifier then trains on one fresh draw.
+    ``lr * g / (|g| + 1e-8)``, applied to ``g`` according to ``update``:
+
+    * ``"running_sum"`` (default, the authors' release): the release never zeroes its
+      optimiser's gradients, so every step follows the running SUM of all gradients of
+      the batch so far; the gradients have the release's scale (CE averaged over the
+      batch, the entropy of :func:`~adt.distributions.release_negative_log_density`
+      averaged over the batch and the pixels, the k draws summed), so the step is short
+      wherever that sum is small next to 1e-8 (confidently classified examples);
+    * ``"per_step"`` (the paper's text): each step follows the current step's gradient of
+      the per-example objective, averaged over the k draws, with the exact entropy of
+      Eq. (11): a sign step for every pixel of every example.
+
+    The classifier then trains on one fresh draw (REPRODUCTION.md, "ADT_EXP as released").
     """
 
+    UPDATES = ("running_sum", "per_step")
+
     def __init__(self, epsilon: float, steps: int = 7, num_samples: int = 5,
-                 lambda_: float = 0.01, lr: float = 0.3) -> None:
+                 lambda_: float = 0.01, lr: float = 0.3, update: str = "running_sum") -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
         self.steps = check_int_at_least(steps, 1, "steps", "7 (the paper's T)")
@@ -156,6 +177,7 @@ class ExplicitADT(InnerMaximizer):
             raise ValueError(f"lambda_={lambda_!r} must be >= 0; use e.g. 0.01 (the paper's)")
         self.lambda_ = float(lambda_)
         self.lr = check_positive(lr, "lr", "0.3")
+        self.update = check_choice(update, self.UPDATES, "ADT_EXP update")
 
     @property
     def passes_per_image(self) -> int:
@@ -165,33 +187,57 @@ class ExplicitADT(InnerMaximizer):
         # validate_args=False: argument validation reads a value back (a host sync per step)
         return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor,
-                  v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per-example J(phi), Eq. (9), averaged over the draws ``noise`` of shape (k, B, ...).
-
-        The k draws are stacked into one batch of k*B images for the classifier.
-        """
+    def _draws(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor,
+               v: torch.Tensor, noise: torch.Tensor
+               ) -> tuple[torch.Tensor, TanhGaussian, torch.Tensor]:
+        """CE of the k draws ``noise`` (k, B, ...) as a (k, B) matrix, from one batch of k*B
+        images; with the distribution and the perturbations."""
         k = noise.shape[0]
         dist = self.distribution(mu, v)
         delta = dist.rsample_from(noise)
         x_adv = (x.unsqueeze(0) + delta).clamp(0.0, 1.0).flatten(0, 1)
-        logits = model(x_adv).float()
-        ce = F.cross_entropy(logits, y.repeat(k), reduction="none").view(k, -1)
-        entropy = dist.entropy_estimate(delta).per_pixel
-        return (ce + self.lambda_ * entropy).mean(0)
+        return cross_entropy(model(x_adv), y.repeat(k)).view(k, -1), dist, delta
 
-    def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TanhGaussian:
-        """The learned adversarial distribution p_phi*(delta | x) against ``model`` as it is."""
-        x = x.detach().float()
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor,
+                  v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-example J(phi), Eq. (9), averaged over the draws ``noise`` of shape (k, B, ...),
+        with the exact entropy of Eq. (11) (the ``"per_step"`` update ascends its sum)."""
+        ce, dist, delta = self._draws(model, x, y, mu, v, noise)
+        return (ce + self.lambda_ * dist.entropy_estimate(delta).per_pixel).mean(0)
+
+    def release_objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          mu: torch.Tensor, v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The scalar whose gradient the release accumulates in one step: over the k draws,
+        the sum of (batch-mean CE + lambda_ * batch-and-pixel mean of the release's -log p)."""
+        ce, dist, delta = self._draws(model, x, y, mu, v, noise)
+        entropy = dist.release_entropy(delta).flatten(1).mean(1)
+        return ce.mean(1).sum() + self.lambda_ * entropy.sum()
+
+    def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            noise: torch.Tensor | None = None) -> TanhGaussian:
+        """The learned adversarial distribution p_phi*(delta | x) against ``model`` as it is.
+
+        ``noise`` (steps, k, B, ...) fixes the standard-normal draws (drawn per step if None).
+        The parameters are float32, or float64 for float64 images.
+        """
+        x = x.detach()
+        x = x if x.dtype == torch.float64 else x.float()
         mu = torch.zeros_like(x)
         v = torch.zeros_like(x)
+        g_mu, g_v = torch.zeros_like(x), torch.zeros_like(x)
         shape = (self.num_samples, *x.shape)
-        for _ in range(self.steps):
+        for t in range(self.steps):
             mu.requires_grad_(True)
             v.requires_grad_(True)
-            noise = torch.randn(shape, device=x.device)
-            # sum over examples: each example's parameters see only their own objective
-            g_mu, g_v = torch.autograd.grad(self.objective(model, x, y, mu, v, noise).sum(), (mu, v))
+            r = torch.randn(shape, device=x.device, dtype=x.dtype) if noise is None else noise[t]
+            if self.update == "running_sum":
+                step_mu, step_v = torch.autograd.grad(
+                    self.release_objective(model, x, y, mu, v, r), (mu, v))
+                g_mu, g_v = g_mu + step_mu, g_v + step_v
+            else:
+                # sum over examples: each example's parameters see only their own objective
+                g_mu, g_v = torch.autograd.grad(self.objective(model, x, y, mu, v, r).sum(),
+                                                (mu, v))
             with torch.no_grad():
                 mu = mu + self.lr * g_mu / (g_mu.abs() + 1e-8)
                 v = v + self.lr * g_v / (g_v.abs() + 1e-8)
@@ -205,19 +251,29 @@ class ExplicitADT(InnerMaximizer):
         return AdversarialBatch((x + delta).clamp(0.0, 1.0), y, stats={"entropy": entropy})
 
 
+CONDITIONINGS = ("raw", "normalised")
+
+
 def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                          epsilon: float) -> torch.Tensor:
+                          epsilon: float, conditioning: str = "raw") -> torch.Tensor:
     """[x, g1, g2], the input of both amortised generators (3C channels).
 
     g1 = grad_x CE(f(x), y) and g2 the same gradient at the FGSM point
-    clip(x + epsilon sign(g1), 0, 1), computed with the classifier in eval mode and each
-    divided by its per-example mean absolute value (input gradients are tiny and vary in
-    scale across training; the generator sees their shape).
+    clip(x + epsilon sign(g1), 0, 1), computed with the classifier in eval mode.
+
+    * ``"raw"`` (default, the release): CE averaged over the batch, the gradients fed as
+      they are (their entries are tiny next to x);
+    * ``"normalised"``: each gradient divided by its per-example mean absolute value, so
+      the generator sees their shape whatever their scale.
     """
+    loss = (lambda logits, t: F.cross_entropy(logits.float(), t)) if conditioning == "raw" \
+        else ce_sum
     with eval_mode(model):
-        g1 = input_gradient(model, x, y)
-        g2 = input_gradient(model, (x + epsilon * g1.sign()).clamp(0.0, 1.0), y)
-    return torch.cat([x, l1_normalised(g1, mean=True), l1_normalised(g2, mean=True)], 1)
+        g1 = input_gradient(model, x, y, loss)
+        g2 = input_gradient(model, (x + epsilon * g1.sign()).clamp(0.0, 1.0), y, loss)
+    if conditioning == "normalised":
+        g1, g2 = l1_normalised(g1, mean=True), l1_normalised(g2, mean=True)
+    return torch.cat([x, g1, g2], 1)
 
 
 class AmortizedExplicitADT(InnerMaximizer):
@@ -225,30 +281,32 @@ class AmortizedExplicitADT(InnerMaximizer):
 
     The conditioning is :func:`gradient_conditioning`. One draw per input; the generator
     ascends CE + lambda_ H through a gradient reversal, in the classifier's own backward
-    pass (extra loss: -lambda_ H).
+    pass (extra loss: -lambda_ H, H the batch-and-pixel mean of the release's -log p).
     """
 
     passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
 
     def __init__(self, in_channels: int, epsilon: float, ngf: int = 256, lambda_: float = 0.01,
-                 lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999)) -> None:
+                 lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+                 conditioning: str = "raw") -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
         self.lambda_ = float(lambda_)
+        self.conditioning = check_choice(conditioning, CONDITIONINGS, "generator conditioning")
         check_int_at_least(ngf, 1, "ngf", "256 (paper) or 16 (CPU)")
         self.generator = Generator(3 * in_channels, 2 * in_channels, ngf)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
 
     def distribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TanhGaussian:
         """p_phi(delta | x) for a batch: the generator's (mu, v) from x and two input gradients."""
-        out = self.generator(gradient_conditioning(model, x, y, self.epsilon)).float()
-        mu, v = out.chunk(2, dim=1)
+        cond = gradient_conditioning(model, x, y, self.epsilon, self.conditioning)
+        mu, v = self.generator(cond).float().chunk(2, dim=1)
         return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         dist = self.distribution(model, x, y)
         delta = dist.rsample()
-        entropy = dist.entropy_estimate(delta).per_pixel.mean()
+        entropy = dist.release_entropy(delta).mean()
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)
         return AdversarialBatch(x_adv, y, extra_loss=-self.lambda_ * entropy,
                                 stats={"entropy": entropy.detach()})
@@ -264,21 +322,28 @@ class AmortizedExplicitADT(InnerMaximizer):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def gaussian_nll(mean: torch.Tensor, log_std: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """-log N(z; mean, exp(log_std)^2) per dimension (not summed)."""
-    return 0.5 * ((z - mean) * torch.exp(-log_std)).square() + log_std + 0.5 * math.log(2 * math.pi)
+def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """-log N(z; mean, variance) per dimension (not summed), with 1e-8 added to the variance
+    inside the logarithm and the division, as the release computes it."""
+    variance = variance + 1e-8
+    return 0.5 * (z - mean).square() / variance + 0.5 * torch.log(variance) \
+        + 0.5 * math.log(2 * math.pi)
 
 
 class AmortizedImplicitADT(InnerMaximizer):
     """ADT_IMP-AM: delta = epsilon tanh(g(x, z)), z ~ U(-1, 1)^noise_dim (Sec. 3.3).
 
     The generator is ADT_EXP-AM's, conditioned on the same [x, g1, g2]
-    (:func:`gradient_conditioning`) plus one more channel: z through an MLP
-    (noise_dim -> 256 -> H*W), reshaped to a noise map.
-    The entropy is kept up through a variational bound: an encoder q(z | delta)
-    recovers the noise, and the generator pays ``lambda_ * relu(NLL - threshold)``
-    where NLL is the per-dimension mean of -log q(z | delta); the encoder minimises that
-    NLL with its own Adam (both from one encoder pass, see ``forward``).
+    (:func:`gradient_conditioning`) plus one more channel: z through
+    :class:`~adt.models.NoiseMap`. The entropy is kept up through a variational bound: an
+    encoder q(z | delta / epsilon) recovers the noise, and everything pays
+
+        lambda_ * relu(NLL - threshold),   NLL = mean over batch and z-dims of -log q(z | delta),
+
+    in the classifier's own backward pass; the gradient reversal on delta flips only the
+    CE part for the generator. So, as in the release, the encoder learns ONLY through
+    this penalty (no gradient while NLL < threshold), and the generator's entropy pressure
+    is active only above the threshold (REPRODUCTION.md, "ADT_IMP-AM as released").
     """
 
     passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
@@ -286,25 +351,27 @@ class AmortizedImplicitADT(InnerMaximizer):
     def __init__(self, in_channels: int, image_size: int, epsilon: float, ngf: int = 256,
                  noise_dim: int = 64, lambda_: float = 1.0, threshold: float = 0.9,
                  lr: float = 2e-4, encoder_lr: float = 2e-4,
-                 betas: tuple[float, float] = (0.5, 0.999)) -> None:
+                 betas: tuple[float, float] = (0.5, 0.999),
+                 encoder_betas: tuple[float, float] = (0.9, 0.999),
+                 conditioning: str = "raw") -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
         check_int_at_least(ngf, 1, "ngf", "256 (paper) or 16 (CPU)")
         self.noise_dim = check_int_at_least(noise_dim, 1, "noise_dim", "64")
-        self.image_size = image_size
         self.lambda_, self.threshold = float(lambda_), float(threshold)
-        self.noise_map = nn.Sequential(nn.Linear(noise_dim, 256), nn.ReLU(inplace=True),
-                                       nn.Linear(256, image_size * image_size))
+        self.conditioning = check_choice(conditioning, CONDITIONINGS, "generator conditioning")
+        self.noise_map = NoiseMap(noise_dim, image_size)
         self.generator = Generator(3 * in_channels + 1, in_channels, ngf)
         self.encoder = Encoder(in_channels, noise_dim)
         self.optimizer = torch.optim.Adam([*self.noise_map.parameters(),
                                            *self.generator.parameters()], lr=lr, betas=betas)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=encoder_lr,
-                                                  betas=betas)
+                                                  betas=encoder_betas)
 
-    def conditioning(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def conditioning_input(self, model: nn.Module, x: torch.Tensor,
+                           y: torch.Tensor) -> torch.Tensor:
         """The generator's conditioning input [x, g1, g2] for a batch."""
-        return gradient_conditioning(model, x, y, self.epsilon)
+        return gradient_conditioning(model, x, y, self.epsilon, self.conditioning)
 
     def sample_from(self, cond: torch.Tensor, z: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,32 +379,25 @@ class AmortizedImplicitADT(InnerMaximizer):
         not given). Several draws per image: repeat ``cond`` along the batch."""
         if z is None:
             z = torch.rand(len(cond), self.noise_dim, device=cond.device) * 2 - 1
-        noise_map = self.noise_map(z).view(len(cond), 1, self.image_size, self.image_size)
-        out = self.generator(torch.cat([cond, noise_map.to(cond.dtype)], 1)).float()
+        out = self.generator(torch.cat([cond, self.noise_map(z).to(cond.dtype)], 1)).float()
         return self.epsilon * torch.tanh(out), z
 
     def sample(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(delta, z)``: one perturbation per image of the batch against ``model``."""
-        return self.sample_from(self.conditioning(model, x, y), z)
+        return self.sample_from(self.conditioning_input(model, x, y), z)
 
     def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound."""
-        mean, log_std = self.encoder(delta / self.epsilon)
-        return gaussian_nll(mean.float(), log_std.float(), z).mean()
+        mean, variance = self.encoder(delta / self.epsilon)
+        return gaussian_nll(mean.float(), variance.float(), z).mean()
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         delta, z = self.sample(model, x, y)
-        # One encoder pass serves both players. Its loss, the NLL, trains the encoder; the
-        # generator must instead get the gradient of the penalty lambda relu(NLL - threshold),
-        # which is the NLL's gradient times lambda 1[NLL > threshold]: a hook rescales the
-        # gradient that flows back into delta through the encoder.
-        to_encoder = delta.view_as(delta)
-        nll = self.entropy_nll(to_encoder, z)
-        scale = self.lambda_ * (nll.detach() > self.threshold).float()
-        to_encoder.register_hook(lambda grad: grad * scale)
+        nll = self.entropy_nll(delta, z)
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)
-        return AdversarialBatch(x_adv, y, extra_loss=nll, stats={"entropy_nll": nll.detach()})
+        return AdversarialBatch(x_adv, y, extra_loss=self.lambda_ * F.relu(nll - self.threshold),
+                                stats={"entropy_nll": nll.detach()})
 
     def step(self) -> None:
         for opt in (self.optimizer, self.encoder_optimizer):

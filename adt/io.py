@@ -48,9 +48,18 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+def read_json(path: str | Path, fix: str = "delete it so that it is written again, or restore "
+              "it (git checkout -- FILE for a committed file)") -> Any:
+    """The JSON value in ``path``. A file that is not valid JSON (truncated, edited by hand)
+    raises ValueError naming the file and, from ``fix``, what to do (``FILE`` in ``fix`` is
+    replaced by the path); a missing file raises FileNotFoundError naming it."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is truncated or was edited by "
+                         f"hand: {fix.replace('FILE', str(path))}") from err
 
 
 def _jsonable(obj: Any) -> Any:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adt._checks import check_choice, check_int_at_least, check_positive
+from adt._checks import check_choice, check_int_at_least, check_nonnegative, check_positive
 from adt.data import DatasetSpec
 from adt.inner import (
+    CONDITIONINGS,
     PGD,
     AmortizedExplicitADT,
     AmortizedImplicitADT,
@@ -58,6 +59,8 @@ class MethodSettings:
     imp_noise_dim: int = 64
     imp_lambda: float = 1.0
     imp_threshold: float = 0.9
+    adt_update: str = "running_sum"  # the release's; "per_step": the paper's text
+    am_conditioning: str = "raw"  # the release's; "normalised": per-example scaled gradients
 
     def __post_init__(self) -> None:
         check_int_at_least(self.pgd_steps, 1, "pgd_steps", "7")
@@ -66,6 +69,13 @@ class MethodSettings:
         check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
         check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
         check_int_at_least(self.imp_noise_dim, 1, "imp_noise_dim", "64")
+        for name, example in (("adt_lr", "0.3"), ("am_lr", "2e-4")):
+            check_positive(getattr(self, name), name, example)
+        for name, example in (("adt_lambda", "0.01"), ("am_lambda", "0.01"),
+                              ("imp_lambda", "1.0"), ("imp_threshold", "0.9")):
+            check_nonnegative(getattr(self, name), name, example)
+        check_choice(self.adt_update, ExplicitADT.UPDATES, "adt_update")
+        check_choice(self.am_conditioning, CONDITIONINGS, "am_conditioning")
 
 
 def build_maximizer(method: str, settings: MethodSettings, spec: DatasetSpec,
@@ -81,9 +91,10 @@ def build_maximizer(method: str, settings: MethodSettings, spec: DatasetSpec,
         return PGD(epsilon, step_size=s.pgd_step_fraction * epsilon, steps=s.pgd_steps)
     if method == "adt_exp":
         return ExplicitADT(epsilon, steps=s.adt_steps, num_samples=s.adt_num_samples,
-                           lambda_=s.adt_lambda, lr=s.adt_lr)
+                           lambda_=s.adt_lambda, lr=s.adt_lr, update=s.adt_update)
     if method == "adt_exp_am":
         return AmortizedExplicitADT(channels, epsilon, ngf=s.am_ngf, lambda_=s.am_lambda,
-                                    lr=s.am_lr)
+                                    lr=s.am_lr, conditioning=s.am_conditioning)
     return AmortizedImplicitADT(channels, size, epsilon, ngf=s.am_ngf, noise_dim=s.imp_noise_dim,
-                                lambda_=s.imp_lambda, threshold=s.imp_threshold, lr=s.am_lr)
+                                lambda_=s.imp_lambda, threshold=s.imp_threshold, lr=s.am_lr,
+                                encoder_lr=s.am_lr, conditioning=s.am_conditioning)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "Encoder", "MODELS",
+__all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "NoiseMap", "Encoder", "MODELS",
            "build_model", "penultimate_features", "load_official_checkpoint"]
 
 
@@ -154,19 +154,23 @@ class WideResNet(nn.Module):
 
 # ----------------------------------------------------------------------------- generators
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or conv1x1-BN when the widths
+    differ), then ReLU after the sum: the release's block."""
+
+    def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn_relu(channels, channels),
-                                  nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(_conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                  _conv3x3(cout, cout), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return F.relu(self.shortcut(x) + self.body(x))
 
 
 def _gan_init(module: nn.Module) -> None:
@@ -182,47 +186,68 @@ def _gan_init(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """ResNet generator at full resolution: widths ngf -> 2ngf -> (3 residual blocks) -> ngf.
+    """The release's ResNet generator at full resolution (REPRODUCTION.md, "ADT_EXP-AM as
+    released"): conv3x3(in -> ngf)-BN-ReLU, residual blocks ngf -> 2ngf -> 2ngf -> ngf,
+    conv3x3(ngf -> out); every conv without bias, zero padding, N(0, 0.02) initialisation.
 
     ADT_EXP-AM uses it with ``in_channels = 3C`` ([x, g1, g2]) and ``out_channels = 2C``
-    (mu, v); ADT_IMP-AM with ``in_channels = C + 1`` ([x, noise map]) and
-    ``out_channels = C``. 3x3 convolutions, BatchNorm, N(0, 0.02) initialisation.
+    (mu, v): 10,330,880 parameters at ngf = 256 for C = 3. ADT_IMP-AM adds one noise
+    channel and outputs C channels.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 256,
-                 n_blocks: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            *_conv_bn_relu(in_channels, ngf), *_conv_bn_relu(ngf, 2 * ngf),
-            *(_ResidualBlock(2 * ngf) for _ in range(n_blocks)),
-            *_conv_bn_relu(2 * ngf, ngf), nn.Conv2d(ngf, out_channels, 3, 1, 1))
+            _conv3x3(in_channels, ngf), nn.BatchNorm2d(ngf), nn.ReLU(inplace=True),
+            _ResidualBlock(ngf, 2 * ngf), _ResidualBlock(2 * ngf, 2 * ngf),
+            _ResidualBlock(2 * ngf, ngf), _conv3x3(ngf, out_channels))
         _gan_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-class Encoder(nn.Module):
-    """q(z | delta) of ADT_IMP-AM: a diagonal Gaussian over the generator's noise z.
+class NoiseMap(nn.Module):
+    """ADT_IMP-AM's noise channel: z -> Linear(noise_dim, 256)-ReLU-Linear(256, H*W)-ReLU,
+    reshaped to one H x W map (the release's MLP, ReLU after both layers)."""
 
-    4 conv layers (32/64/128/256, BatchNorm, LeakyReLU 0.2; the last three halve the
-    resolution), global average pooling, a linear layer to (mean, log-std) of z.
+    def __init__(self, noise_dim: int, image_size: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.net = nn.Sequential(nn.Linear(noise_dim, 256), nn.ReLU(inplace=True),
+                                 nn.Linear(256, image_size * image_size), nn.ReLU(inplace=True))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(len(z), 1, self.image_size, self.image_size)
+
+
+class Encoder(nn.Module):
+    """q(z | delta / epsilon) of ADT_IMP-AM: a diagonal Gaussian over the generator's noise z
+    (REPRODUCTION.md, "ADT_IMP-AM as released").
+
+    Unpadded convs 5x5 s1 (-> 32), 4x4 s2 (-> 64), 4x4 s1 (-> 128), 4x4 s2 (-> 256), without
+    bias, each with BatchNorm and LeakyReLU(0.01); average pooling; Linear(256 -> 2 z-dims)
+    giving the mean and, through softplus, the variance. Conv weights N(0, sqrt(2 / (k^2
+    out))). 724,384 parameters for 3 channels and z of 64 dims. The release pools with
+    AvgPool(4), which is defined for 32x32 inputs only (the last map is 4x4 there); we pool
+    the whole last map, which is the same at 32x32 and, at 28x28 (a 3x3 map), averages it.
     """
 
     def __init__(self, in_channels: int, noise_dim: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip((in_channels, 32, 64, 128), (32, 64, 128, 256),
-                                            strict=True)):
-            layers += [nn.Conv2d(cin, cout, 3, 1 if i == 0 else 2, 1, bias=False),
-                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+        for cin, cout, k, stride in ((in_channels, 32, 5, 1), (32, 64, 4, 2), (64, 128, 4, 1),
+                                     (128, 256, 4, 2)):
+            conv = nn.Conv2d(cin, cout, k, stride, 0, bias=False)
+            nn.init.normal_(conv.weight, 0.0, (2.0 / (k * k * cout)) ** 0.5)
+            layers += [conv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.01, inplace=True)]
         self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                  nn.Linear(256, 2 * noise_dim))
-        _gan_init(self)
 
     def forward(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.net(delta).chunk(2, dim=1)
-        return mean, log_std.clamp(-6.0, 4.0)
+        """(mean, variance) of q(z | delta); ``delta`` is the perturbation over epsilon."""
+        mean, raw = self.net(delta).chunk(2, dim=1)
+        return mean, F.softplus(raw)
 
 
 # ----------------------------------------------------------------------------- registry, hooks

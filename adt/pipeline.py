@@ -2,37 +2,64 @@
 
     python -m adt.pipeline --profile quick --device auto      # what `make reproduce` runs
 
-Executed notebooks are written in place (or to ``--executed-dir``), without papermill's
-injected-parameters cell (see :func:`clean_executed`); artefacts go to
-the profile's output folder and are listed in its ``MANIFEST.json``. Finished runs
-in ``data/runs/`` are reused unless ``--force-retrain``. A failing cell stops the
-batch with a message naming the notebook and the cell.
+The batch is transactional. The profile, the device and the notebook names are checked
+before anything is touched. The notebooks execute into a temporary folder, and their
+figures, tables and executed copies are moved into place only when every notebook has
+succeeded. The manifest is merged: entries of notebooks outside the batch stay. A failing
+cell or Ctrl-C stops the batch, leaves every file of the repository as it was and says so.
+
+Executed notebooks go back into ``notebooks/`` (the committed ones) only under the
+committed profile (``quick``); other profiles write them to ``<output>/notebooks/`` (or
+``--executed-dir``). They are written without papermill's injected-parameters cell (see
+:func:`clean_executed`). Artefacts go to the profile's output folder and are listed in its
+``MANIFEST.json``. Finished runs in ``data/runs/`` are reused unless ``--force-retrain``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from adt.io import read_json
+from adt.io import atomic_write, write_json
 from adt.provenance import (
+    COMMITTED_PROFILE,
+    CUDA_PROFILES,
     MANIFEST,
     PROFILE_NAMES,
     REPO_ROOT,
     TEMPORARY_PROFILES,
+    checkout_tag,
     default_output_dir,
+    merge_manifests,
+    read_manifest,
     record_batch,
 )
 
-__all__ = ["NOTEBOOKS", "run_pipeline", "PipelineError", "clean_executed"]
+__all__ = ["NOTEBOOKS", "DEVICES", "run_pipeline", "plan_pipeline", "PipelinePlan",
+           "PipelineError", "PipelineInterrupted", "clean_executed", "main"]
 
 NOTEBOOKS = ("01_method", "02_adt_exp", "03_amortized", "04_evaluation", "05_figures")
+DEVICES = ("auto", "cpu", "cuda")
+_COMMITTED_NOTEBOOKS = REPO_ROOT / "notebooks"
+_COMMITTED_FIGURES = REPO_ROOT / "figures"
 
 
 class PipelineError(RuntimeError):
     """A notebook cell failed; the message names the notebook and the cell."""
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the batch; nothing was moved into place."""
 
 
 def clean_executed(path: str | Path) -> None:
@@ -58,63 +85,282 @@ def clean_executed(path: str | Path) -> None:
     nbformat.write(nb, path)
 
 
-def run_pipeline(profile: str = "quick", device: str = "auto", output_dir: str | Path | None = None,
-                 executed_dir: str | Path | None = None, force_retrain: bool = False,
-                 notebooks: tuple[str, ...] = NOTEBOOKS, log_output: bool = False,
-                 notebooks_dir: str | Path | None = None) -> Path:
-    """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order;
-    return the path of the manifest they filled."""
-    import papermill as pm
+# ----------------------------------------------------------------------------- validation
 
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU (torch is imported here only, when CUDA is asked for)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_device(device: str, profile: str) -> None:
+    """``device`` is one of :data:`DEVICES`, and CUDA (asked for, or the profile's default
+    under ``auto``) is available."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    wanted = device if device != "auto" else ("cuda" if profile in CUDA_PROFILES else "auto")
+    if wanted == "cuda" and not _cuda_available():
+        why = "--device cuda" if device == "cuda" else f"profile {profile!r} trains on CUDA"
+        raise ValueError(f"{why}, but CUDA is not available on this machine; run on a GPU "
+                         "machine, or pass --device cpu (slow for this profile) or a CPU "
+                         f"profile ({COMMITTED_PROFILE!r}). Nothing was touched")
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """A checked batch: what runs, and where its results go once it has succeeded."""
+
+    profile: str
+    device: str
+    notebooks: tuple[str, ...]
+    source: Path  # the notebooks to execute
+    target: Path  # where the executed notebooks go
+    output: Path  # the artefacts' folder (MANIFEST.json)
+
+    @property
+    def runs_in_output(self) -> bool:
+        """Whether the notebooks keep their runs in ``<output>/runs`` (temporary profiles)."""
+        return self.profile in TEMPORARY_PROFILES
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def plan_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
+                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
+                  notebooks: tuple[str, ...] = NOTEBOOKS,
+                  notebooks_dir: str | Path | None = None) -> PipelinePlan:
+    """Check a batch before anything is touched (profile, device, notebook names, the
+    output folder's manifest) and say where its results go; raises ValueError naming the
+    problem."""
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
-    out = Path(output_dir) if output_dir else default_output_dir(profile,
-                                                                 profile in TEMPORARY_PROFILES)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the manifest lists this batch's artefacts only
-    source = Path(notebooks_dir) if notebooks_dir else REPO_ROOT / "notebooks"
-    target = Path(executed_dir) if executed_dir else source
-    target.mkdir(parents=True, exist_ok=True)
+    check_device(device, profile)
+    source = Path(notebooks_dir) if notebooks_dir else _COMMITTED_NOTEBOOKS
+    notebooks = tuple(notebooks)
+    if not notebooks:
+        raise ValueError(f"no notebooks to run; name some of {', '.join(NOTEBOOKS)}")
+    unknown = [n for n in notebooks if (notebooks_dir is None and n not in NOTEBOOKS)
+               or not (source / f"{n}.ipynb").is_file()]
+    if unknown:
+        known = NOTEBOOKS if notebooks_dir is None else sorted(
+            p.stem for p in source.glob("*.ipynb"))
+        raise ValueError(f"unknown notebook(s) {unknown} in {source}; allowed: "
+                         f"{', '.join(known) or 'none'}")
+    output = Path(output_dir) if output_dir else default_output_dir(
+        profile, profile in TEMPORARY_PROFILES)
+    if executed_dir:
+        target = Path(executed_dir)
+    else:
+        target = source if profile == COMMITTED_PROFILE else output / "notebooks"
+    if profile != COMMITTED_PROFILE:
+        for path, what, option in ((target, "notebooks", "--executed-dir"),
+                                   (output, "figures", "--output-dir")):
+            if _same(path, _COMMITTED_NOTEBOOKS if what == "notebooks" else _COMMITTED_FIGURES):
+                raise ValueError(f"profile {profile!r} may not write the committed {what} "
+                                 f"({path}); only {COMMITTED_PROFILE!r} does. Give another "
+                                 f"{option}")
+    stored = read_manifest(output).get("profile")
+    if stored not in (None, profile):
+        raise ValueError(f"{output / MANIFEST} lists artefacts of profile {stored!r}, not "
+                         f"{profile!r}; give another --output-dir (default for {profile!r}: "
+                         f"{default_output_dir(profile, profile in TEMPORARY_PROFILES)})")
+    return PipelinePlan(profile, device, notebooks, source, target, output)
+
+
+# ----------------------------------------------------------------------------- execution
+
+@contextmanager
+def _sigint_deferred(state: dict[str, bool]) -> Iterator[None]:
+    """Hold Ctrl-C back during a short step that must not stop half-way (moving results
+    into place, moving the runs folder back); ``state['deferred']`` says it came."""
+
+    def handler(signum: int, frame: Any) -> None:
+        state["deferred"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _sigint_raises() -> Iterator[dict[str, bool]]:
+    """While the batch runs, Ctrl-C raises :class:`PipelineInterrupted` in this process and
+    is remembered (``state['interrupted']``), even when a library swallows the exception."""
+    state = {"interrupted": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        state["interrupted"] = True
+        raise PipelineInterrupted
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _keep_failed(executed: Path) -> Path:
+    """A copy of a failed executed notebook in this checkout's temporary folder."""
+    folder = Path(tempfile.gettempdir()) / f"adt-failed-{checkout_tag()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / executed.name
+    shutil.copyfile(executed, kept)
+    return kept
+
+
+def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrain: bool,
+             log_output: bool, state: dict[str, bool]) -> dict[str, float]:
+    """Execute the batch into the staging folders; returns the seconds per notebook."""
+    import papermill as pm
+
     timings: dict[str, float] = {}
-    for name in notebooks:
+    for name in plan.notebooks:
         started = time.perf_counter()
-        print(f"[adt.pipeline] {name} (profile {profile}, device {device})", flush=True)
+        print(f"[adt.pipeline] {name} (profile {plan.profile}, device {plan.device})",
+              flush=True)
+        executed = staged_nb / f"{name}.ipynb"
         try:
             pm.execute_notebook(
-                str(source / f"{name}.ipynb"), str(target / f"{name}.ipynb"),
-                parameters={"profile": profile, "device": device, "output_dir": str(out),
-                            "force_retrain": force_retrain},
-                cwd=str(source), progress_bar=False, log_output=log_output)
-            clean_executed(target / f"{name}.ipynb")
+                str(plan.source / f"{name}.ipynb"), str(executed),
+                parameters={"profile": plan.profile, "device": plan.device,
+                            "output_dir": str(staged_out), "force_retrain": force_retrain},
+                cwd=str(plan.source), progress_bar=False, log_output=log_output)
         except pm.PapermillExecutionError as err:
-            raise PipelineError(f"{source.name}/{name}.ipynb failed in cell {err.cell_index} "
+            if state["interrupted"] or err.ename == "KeyboardInterrupt":
+                raise PipelineInterrupted from err
+            kept = _keep_failed(executed) if executed.is_file() else executed
+            raise PipelineError(f"{plan.source.name}/{name}.ipynb failed in cell {err.cell_index} "
                                 f"(execution count {err.exec_count}): {err.ename}: {err.evalue}. "
-                                f"The executed notebook with the traceback is "
-                                f"{target / f'{name}.ipynb'}") from err
+                                f"The executed notebook with the traceback is {kept}") from err
+        except Exception as err:  # e.g. the kernel died of the Ctrl-C it received too
+            if state["interrupted"]:
+                raise PipelineInterrupted from err
+            raise
+        if state["interrupted"]:  # Ctrl-C reached the kernel only, or was swallowed
+            raise PipelineInterrupted
+        clean_executed(executed)
         timings[name] = round(time.perf_counter() - started, 1)
-    manifest_path = record_batch(out, profile=profile, device=device,
-                                 notebook_seconds=timings)
-    print(f"[adt.pipeline] {len(read_json(manifest_path)['artefacts'])} artefacts listed in "
-          f"{manifest_path}")
+    return timings
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    data = source.read_bytes()
+    atomic_write(destination, lambda f: f.write(data))
+
+
+def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:
+    """Move a successful batch into place: artefacts, the merged manifest (last), the
+    executed notebooks. Returns the manifest's path."""
+    for path in sorted(staged_out.rglob("*")):
+        rel = path.relative_to(staged_out)
+        if path.is_file() and rel.parts[0] != "runs" and rel != Path(MANIFEST):
+            _copy_atomically(path, plan.output / rel)
+    merged = merge_manifests(read_manifest(plan.output), read_manifest(staged_out),
+                             plan.notebooks)
+    manifest_path = write_json(merged, plan.output / MANIFEST)
+    for name in plan.notebooks:
+        _copy_atomically(staged_nb / f"{name}.ipynb", plan.target / f"{name}.ipynb")
+    return manifest_path
+
+
+@contextmanager
+def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path, Path]]:
+    """Temporary folders for the artefacts and the executed notebooks, removed afterwards.
+
+    Under a temporary profile the notebooks keep their runs in ``<output>/runs``: that
+    folder is moved into the staging folder (a sibling of the output folder, so that the
+    move is a rename) for the batch and back afterwards, whatever happens.
+    """
+    if plan.runs_in_output:
+        plan.output.parent.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.staging-",
+                                     dir=plan.output.parent))
+    else:
+        root = Path(tempfile.mkdtemp(prefix=f"adt-pipeline-{plan.profile}-"))
+    staged_out, staged_nb = root / "output", root / "notebooks"
+    staged_out.mkdir()
+    staged_nb.mkdir()
+    runs = plan.output / "runs"
+    if plan.runs_in_output and runs.is_dir():
+        os.rename(runs, staged_out / "runs")
+    try:
+        yield staged_out, staged_nb
+    finally:
+        with _sigint_deferred(state):
+            if plan.runs_in_output and (staged_out / "runs").is_dir() and not runs.exists():
+                plan.output.mkdir(parents=True, exist_ok=True)
+                os.rename(staged_out / "runs", runs)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
+                 output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
+                 force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
+                 log_output: bool = False, notebooks_dir: str | Path | None = None) -> Path:
+    """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
+    and, once all have succeeded, move their results into place (:func:`plan_pipeline`
+    says where); return the path of the merged manifest. A failing cell raises
+    :class:`PipelineError`, Ctrl-C :class:`PipelineInterrupted`; either way nothing is
+    moved into place."""
+    plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
+    with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
+        timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
+        record_batch(staged_out, profile=plan.profile, device=plan.device,
+                     notebook_seconds=timings)
+        with _sigint_deferred(state):
+            manifest_path = _install(plan, staged_out, staged_nb)
+    if state.get("deferred"):
+        print("[adt.pipeline] Ctrl-C came while the finished batch was moved into place; it "
+              "was completed first", file=sys.stderr)
+    print(f"[adt.pipeline] {len(read_manifest(plan.output)['artefacts'])} artefacts listed in "
+          f"{manifest_path}; executed notebooks in {plan.target}")
     return manifest_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--profile", default=COMMITTED_PROFILE, choices=PROFILE_NAMES)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--output-dir", default=None,
+                        help="artefacts' folder (default: the profile's)")
     parser.add_argument("--executed-dir", default=None,
-                        help="write executed notebooks here instead of in place")
+                        help="executed notebooks' folder (default: notebooks/ for "
+                             f"{COMMITTED_PROFILE!r}, <output>/notebooks otherwise)")
+    parser.add_argument("--notebooks-dir", default=None,
+                        help="run the notebooks of this folder instead of notebooks/")
     parser.add_argument("--force-retrain", action="store_true")
-    parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), choices=NOTEBOOKS)
+    parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
+                        help=f"names, in order (default: {' '.join(NOTEBOOKS)})")
     args = parser.parse_args(argv)
     try:
         run_pipeline(args.profile, args.device, args.output_dir, args.executed_dir,
-                     args.force_retrain, tuple(args.notebooks), log_output=True)
+                     args.force_retrain, tuple(args.notebooks), log_output=True,
+                     notebooks_dir=args.notebooks_dir)
+    except ValueError as err:
+        print(f"[adt.pipeline] refused: {err}", file=sys.stderr)
+        return 2
     except PipelineError as err:
-        print(f"[adt.pipeline] FAILED: {err}", file=sys.stderr)
+        print(f"[adt.pipeline] FAILED: {err}\n[adt.pipeline] nothing was moved into place: "
+              "the notebooks, figures and manifest are as they were", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("[adt.pipeline] interrupted (Ctrl-C): stopped; nothing was moved into place, so "
+              "the notebooks, figures and manifest are as they were (finished training epochs "
+              "stay in the runs folder and resume next time)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -174,7 +174,8 @@ def correct_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 # ----------------------------------------------------------------------------- input checks
 
 def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Images (B, ...) as floats in [0, 1] and B integer labels (checked before any loop)."""
+    """Images (B, ...) as finite floats in [0, 1] and B integer labels (checked before any
+    loop, with one host sync)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError(f"x must be a float tensor of images (B, C, H, W), got "
                          f"{type(x).__name__} {getattr(x, 'dtype', '')} "
@@ -183,8 +184,15 @@ def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"y must hold one integer label per image ({len(x)}), got "
                          f"{type(y).__name__} {getattr(y, 'dtype', '')} "
                          f"{tuple(getattr(y, 'shape', ()))}; pass y as a LongTensor of shape (B,)")
-    # one host sync per attack call, outside every loop (training calls sign_ascent directly)
-    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1)):
+    # one host sync per attack call, outside every loop (training calls sign_ascent directly);
+    # NaN compares False with everything, so finiteness is checked on its own
+    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1) | ~torch.isfinite(x).all()):
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise ValueError(f"x holds {int((~finite).sum())} non-finite values (NaN or inf) of "
+                             f"{x.numel()}: images must be finite floats in [0, 1]; find where "
+                             "the NaN comes from (a division by zero, a diverged model) and "
+                             "drop or fix those images")
         raise ValueError(f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}], outside "
                          "[0, 1]: attacks work on unnormalised images; put any normalisation "
                          "inside the model")

@@ -14,16 +14,47 @@ is 0.25), so a profile stays meaningful when its dataset (and epsilon) changes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
+from adt._checks import (
+    check_choice,
+    check_epsilon,
+    check_fraction,
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+)
 from adt.data import DATASETS
 from adt.methods import METHODS, MethodSettings
 from adt.models import MODELS
 
 __all__ = ["Recipe", "EvalSettings", "Profile", "PROFILES", "get_profile"]
+
+def _set(obj: Any, **values: Any) -> None:
+    """Store checked values (plain Python numbers) on a frozen dataclass."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+#: Constructor arguments the trainer sets from the dataset (never from ``model_kwargs``).
+_FROM_DATASET = ("self", "in_channels", "num_classes", "image_size")
+
+
+def _check_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> None:
+    """Every key of ``model_kwargs`` is an argument of the model's constructor."""
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"model_kwargs={kwargs!r} must be a mapping of constructor arguments, "
+                         "e.g. {'width': 16}")
+    allowed = [name for name, p in inspect.signature(MODELS[model]).parameters.items()
+               if name not in _FROM_DATASET and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model_kwargs {unknown} are not arguments of model {model!r} "
+                         f"({MODELS[model].__name__}); allowed: {allowed or 'none'}")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,16 +65,24 @@ class Recipe:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    lr_milestones: tuple[int, ...] = (75,)  # epochs after which lr *= lr_gamma
+    # lr *= lr_gamma once this many epochs are done: (74,) runs epochs 75 and 76 (numbered
+    # from 1) at 0.01, as the release does
+    lr_milestones: tuple[int, ...] = (74,)
     lr_gamma: float = 0.1
     epsilon_warmup_epochs: int = 0  # linear ramp of the training epsilon over these epochs
     batch_size_overrides: Mapping[str, int] = field(default_factory=dict)  # method -> batch
 
     def __post_init__(self) -> None:
-        check_int_at_least(self.epochs, 1, "epochs", "76")
-        check_int_at_least(self.batch_size, 1, "batch_size", "64")
-        check_positive(self.lr, "lr", "0.1")
-        check_int_at_least(self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0")
+        _set(self, epochs=check_int_at_least(self.epochs, 1, "epochs", "76"),
+             batch_size=check_int_at_least(self.batch_size, 1, "batch_size", "64"),
+             lr=check_positive(self.lr, "lr", "0.1"),
+             momentum=check_fraction(self.momentum, "momentum", "0.9"),
+             weight_decay=check_nonnegative(self.weight_decay, "weight_decay", "2e-4"),
+             lr_milestones=tuple(check_int_at_least(m, 1, "lr_milestones entry", "(74,)")
+                                 for m in self.lr_milestones),
+             lr_gamma=check_positive(self.lr_gamma, "lr_gamma", "0.1"),
+             epsilon_warmup_epochs=check_int_at_least(
+                 self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0"))
         for method, batch in self.batch_size_overrides.items():
             check_choice(method, METHODS, "method in batch_size_overrides")
             check_int_at_least(batch, 1, f"batch_size_overrides[{method!r}]", "128")
@@ -65,8 +104,16 @@ class EvalSettings:
     cw_kappa: float = 50.0
     fea_steps: int = 50
     fea_step_fraction: float = 0.125  # 1/255 at 8/255
-    fea_targets: int = 9  # candidate target images (of other classes) per example
-    autoattack: str = "standard"  # "standard" or "cheap" (apgd-ce + apgd-t)
+    fea_targets: int = 200  # target images (of other labels, drawn with replacement) per example
+    # AutoAttack: its gradient attacks ("standard": APGD-CE, APGD-T, FAB-T; "cheap": no
+    # FAB-T), then Square on their survivors
+    autoattack: str = "standard"
+    autoattack_steps: int = 100
+    autoattack_targets: int = 9
+    square_queries: int = 5000
+    # also run the original AutoAttack on seed 0 and report the gap to it (CPU profiles
+    # whose AutoAttack is cheaper than the original)
+    full_autoattack_reference: bool = False
     spsa_examples: int = 1000
     spsa_iterations: int = 100
     spsa_samples: int = 256
@@ -84,8 +131,23 @@ class EvalSettings:
         check_int_at_least(self.n_examples, 1, "n_examples", "1000")
         check_int_at_least(self.batch_size, 1, "eval batch_size", "200")
         check_choice(self.autoattack, ("standard", "cheap"), "autoattack version")
-        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps):
+        check_int_at_least(self.autoattack_steps, 1, "autoattack_steps", "100")
+        check_int_at_least(self.autoattack_targets, 1, "autoattack_targets", "9")
+        check_int_at_least(self.square_queries, 1, "square_queries", "5000")
+        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps,
+                      *self.curve_steps):
             check_int_at_least(steps, 1, "attack steps", "20")
+        for name, example in (("step_fraction", "0.25"), ("fea_step_fraction", "0.125"),
+                              ("cw_kappa", "50"), ("spsa_lr", "0.01"), ("spsa_delta", "1e-3")):
+            check_positive(getattr(self, name), name, example)
+        for name, example in (("fea_targets", "200"), ("spsa_examples", "1000"),
+                              ("spsa_iterations", "100"), ("spsa_samples", "256"),
+                              ("sanity_restarts", "5"), ("figure_examples", "100"),
+                              ("figure_samples", "100"), ("surface_grid", "41"),
+                              ("hessian_iterations", "20")):
+            check_int_at_least(getattr(self, name), 1, name, example)
+        for multiplier in self.curve_epsilon_multipliers:
+            check_positive(multiplier, "curve_epsilon_multipliers entry", "1.0")
 
 
 @dataclass(frozen=True)
@@ -113,13 +175,19 @@ class Profile:
         check_choice(self.dataset, DATASETS, "dataset")
         check_choice(self.model, MODELS, "model")
         if self.epsilon is not None:
-            check_epsilon(self.epsilon)
+            _set(self, epsilon=check_epsilon(self.epsilon))
         if self.train_examples is not None:
-            check_int_at_least(self.train_examples, 1, "train_examples", "4000")
-        check_int_at_least(self.monitor_examples, 1, "monitor_examples", "500")
+            _set(self, train_examples=check_int_at_least(self.train_examples, 1,
+                                                         "train_examples", "4000"))
+        _set(self, monitor_examples=check_int_at_least(self.monitor_examples, 1,
+                                                       "monitor_examples", "500"),
+             monitor_pgd_steps=check_int_at_least(self.monitor_pgd_steps, 1,
+                                                  "monitor_pgd_steps", "10"))
         if not self.seeds:
             raise ValueError("seeds=() is empty; give at least one seed, e.g. (0,)")
+        _set(self, seeds=tuple(check_int_at_least(seed, 0, "seed", "0") for seed in self.seeds))
         check_choice(self.device, ("auto", "cpu", "cuda"), "device")
+        _check_model_kwargs(self.model, self.model_kwargs)
 
     @property
     def train_epsilon(self) -> float:
@@ -162,7 +230,8 @@ _SMOKE = Profile(
     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, lr_milestones=()),
     methods=MethodSettings(adt_steps=2, adt_num_samples=2, am_ngf=4, imp_noise_dim=8),
     eval=EvalSettings(n_examples=32, batch_size=32, pgd_steps=(2, 4), mim_steps=2, cw_steps=2,
-                      fea_steps=2, fea_targets=2, autoattack="cheap", spsa_examples=8,
+                      fea_steps=2, fea_targets=2, autoattack="cheap", autoattack_steps=4,
+                      autoattack_targets=2, square_queries=20, spsa_examples=8,
                       spsa_iterations=2, spsa_samples=16, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
                       figure_examples=4, figure_samples=8, surface_grid=5,
@@ -175,11 +244,12 @@ _QUICK = Profile(
     description="every table and figure on a 2-core CPU in minutes (mnist5k, SmallCNN)",
     dataset="mnist5k", model="small_cnn", model_kwargs={"width": 16, "hidden": 100},
     monitor_examples=200,
-    recipe=Recipe(epochs=8, batch_size=64, lr=0.01, lr_milestones=(7,),
+    recipe=Recipe(epochs=8, batch_size=64, lr=0.01, lr_milestones=(6,),
                   epsilon_warmup_epochs=4),
     methods=MethodSettings(am_ngf=8),
-    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=3,
-                      autoattack="cheap", spsa_examples=40, spsa_iterations=10, spsa_samples=64,
+    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=9,
+                      autoattack="cheap", square_queries=5000, full_autoattack_reference=True,
+                      spsa_examples=200, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
                       curve_steps=(1, 2, 5, 10, 20, 50), figure_examples=50,
@@ -193,7 +263,7 @@ _FASHION = Profile(
     recipe=Recipe(epochs=10, batch_size=128, lr=0.1, lr_milestones=(8,),
                   epsilon_warmup_epochs=2),
     methods=MethodSettings(am_ngf=64),
-    eval=EvalSettings(n_examples=2000, batch_size=500, spsa_examples=500),
+    eval=EvalSettings(n_examples=2000, batch_size=500, fea_targets=10, spsa_examples=500),
     device="cuda",
 )
 

@@ -12,7 +12,7 @@ REPRODUCTION.md, "Evaluation protocol", sized by a profile's
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,23 @@ import torch
 from torch import nn
 
 from adt._checks import check_epsilon, check_int_at_least
-from adt.attacks import Attack, autoattack, cw, fea_attack, fgsm, mim, pgd, spsa, transfer
+from adt.attacks import (
+    Attack,
+    autoattack,
+    cw,
+    fea_attack,
+    fgsm,
+    mim,
+    pgd,
+    spsa,
+    square,
+    transfer,
+)
 from adt.profiles import EvalSettings
 
-__all__ = ["AttackSpec", "CLEAN", "KINDS", "pgd_spec", "white_box_attacks", "black_box_attacks",
-           "standard_attacks", "plain"]
+__all__ = ["AttackSpec", "CLEAN", "KINDS", "pgd_spec", "autoattack_specs", "full_autoattack",
+           "white_box_attacks", "black_box_attacks", "standard_attacks", "plain",
+           "describe_protocol"]
 
 KINDS = ("clean", "white", "black", "sanity")
 
@@ -60,6 +72,10 @@ class AttackSpec:
     a transfer row crafts ``attack`` on ``source_model`` (named ``source``) and scores
     the result on the evaluated model; ``uses_pool`` passes the whole evaluated set as
     ``target_pool`` (FeaAttack's target images: one batch may hold a single class).
+    ``survivors_of`` names an earlier row: the attack runs only on the examples that row
+    left correct, and the row holds the cascade's result (that row AND this attack), as
+    AutoAttack runs Square after its gradient attacks. ``score_based`` marks attacks that
+    use no gradients (Square, SPSA), which the masking checks compare with the others.
     """
 
     name: str
@@ -71,6 +87,8 @@ class AttackSpec:
     source: str | None = None
     source_model: nn.Module | None = None
     uses_pool: bool = False
+    survivors_of: str | None = None
+    score_based: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -90,6 +108,9 @@ class AttackSpec:
             raise ValueError(f"AttackSpec {self.name!r}: a transfer row (source_model given) is "
                              "of kind 'black' and names its source; pass kind='black', "
                              "source='...'")
+        if self.survivors_of is not None and self.n_examples is not None:
+            raise ValueError(f"AttackSpec {self.name!r}: a cascade row (survivors_of) covers "
+                             "the examples of its earlier row; drop n_examples")
         if self.n_examples is not None:
             check_int_at_least(self.n_examples, 1, f"n_examples of {self.name!r}", "1000")
             if self.kind in ("clean", "white"):
@@ -116,14 +137,15 @@ class AttackSpec:
                 "attack": None if attack is None else _callable_name(attack),
                 "settings": {k: plain(v) for k, v in settings.items()},
                 "n_examples": self.n_examples, "float32": self.float32, "source": self.source,
-                "uses_pool": self.uses_pool}
+                "uses_pool": self.uses_pool, "survivors_of": self.survivors_of,
+                "score_based": self.score_based}
 
     def same_run(self, other: AttackSpec) -> bool:
         """Whether the two specs run the same attack on the same examples."""
         return (self.attack is other.attack and dict(self.settings) == dict(other.settings)
                 and self.source_model is other.source_model
                 and self.n_examples == other.n_examples and self.float32 == other.float32
-                and self.uses_pool == other.uses_pool)
+                and self.uses_pool == other.uses_pool and self.survivors_of == other.survivors_of)
 
 
 CLEAN = AttackSpec("Clean", None, kind="clean")
@@ -136,20 +158,36 @@ def pgd_spec(name: str, epsilon: float, step_fraction: float, steps: int,
                                   "steps": steps, "random_start": True}, kind=kind)
 
 
-def _autoattack_spec(settings: EvalSettings, epsilon: float, num_classes: int) -> AttackSpec:
-    """"standard": the original AutoAttack; "cheap": APGD-CE + APGD-T (3 targets) with as
-    many iterations as the longest PGD of the profile."""
-    cheap = settings.autoattack == "cheap"
-    return AttackSpec("AutoAttack", autoattack, {
-        "epsilon": epsilon, "version": settings.autoattack, "num_classes": num_classes,
-        "steps": max(settings.pgd_steps) if cheap else 100,
-        "targets": min(3 if cheap else 9, num_classes - 1)})
+def autoattack_specs(settings: EvalSettings, epsilon: float,
+                     num_classes: int) -> tuple[AttackSpec, AttackSpec]:
+    """AutoAttack as two rows: its gradient attacks (APGD-CE, APGD-T with
+    ``settings.autoattack_targets`` targets, and FAB-T for "standard", each with
+    ``settings.autoattack_steps`` iterations), then "AutoAttack": Square with
+    ``settings.square_queries`` queries on that row's survivors, i.e. the whole cascade.
+    With the defaults, the original "standard" AutoAttack."""
+    version = "gradient" if settings.autoattack == "standard" else "cheap"
+    name = "APGD-CE+T+FAB-T" if version == "gradient" else "APGD-CE+T"
+    gradient = AttackSpec(name, autoattack, {
+        "epsilon": epsilon, "version": version, "num_classes": num_classes,
+        "steps": settings.autoattack_steps,
+        "targets": min(settings.autoattack_targets, num_classes - 1)})
+    cascade = AttackSpec("AutoAttack", square, {"epsilon": epsilon,
+                                                "queries": settings.square_queries},
+                         survivors_of=name, score_based=True)
+    return gradient, cascade
+
+
+def full_autoattack(epsilon: float, num_classes: int) -> tuple[AttackSpec, AttackSpec]:
+    """The original "standard" AutoAttack at 100 iterations, 9 targets and 5000 queries
+    (the reference the quick profile's cheaper protocol is measured against)."""
+    return autoattack_specs(EvalSettings(), epsilon, num_classes)
 
 
 def white_box_attacks(settings: EvalSettings, epsilon: float, *,
                       num_classes: int = 10) -> list[AttackSpec]:
     """The paper's white-box rows: clean, FGSM, PGD-k for each k in ``settings.pgd_steps``
-    (20 and 100), MIM, C&W, FeaAttack, AutoAttack; step sizes are fractions of
+    (20 and 100), MIM, C&W, FeaAttack, AutoAttack (:func:`autoattack_specs`: its gradient
+    attacks, then the cascade with Square); step sizes are fractions of
     ``epsilon`` (``settings.step_fraction``, ``settings.fea_step_fraction``)."""
     check_epsilon(epsilon)
     step = settings.step_fraction * epsilon
@@ -164,7 +202,7 @@ def white_box_attacks(settings: EvalSettings, epsilon: float, *,
         AttackSpec("FeaAttack", fea_attack, {
             "epsilon": epsilon, "step_size": settings.fea_step_fraction * epsilon,
             "steps": settings.fea_steps, "targets": settings.fea_targets}, uses_pool=True),
-        _autoattack_spec(settings, epsilon, num_classes),
+        *autoattack_specs(settings, epsilon, num_classes),
     ]
 
 
@@ -190,7 +228,7 @@ def black_box_attacks(settings: EvalSettings, epsilon: float, *,
         specs.append(AttackSpec("SPSA", spsa, {
             "epsilon": epsilon, "lr": settings.spsa_lr, "delta": settings.spsa_delta,
             "iterations": settings.spsa_iterations, "samples": settings.spsa_samples},
-            kind="black", n_examples=settings.spsa_examples, float32=True))
+            kind="black", n_examples=settings.spsa_examples, float32=True, score_based=True))
     return specs
 
 
@@ -199,3 +237,34 @@ def standard_attacks(settings: EvalSettings, epsilon: float, *, num_classes: int
     """White-box rows, then black-box rows: the whole protocol."""
     return (white_box_attacks(settings, epsilon, num_classes=num_classes)
             + black_box_attacks(settings, epsilon, sources=sources))
+
+
+def _row_text(spec: Mapping[str, Any], epsilon: float | None) -> str:
+    s, name = spec["settings"], spec["name"]
+
+    def step(key: str = "step_size") -> str:
+        return f"{s[key] / epsilon:.3g} eps" if epsilon else f"{s[key]:.3g}"
+
+    texts = {
+        "fgsm": lambda: f"{name} (one step of eps)",
+        "pgd": lambda: f"{name} ({s.get('steps')} steps of {step()}, random start)",
+        "mim": lambda: f"{name} ({s.get('steps')} steps of {step()}, decay {s.get('decay')})",
+        "cw": lambda: f"{name} ({s.get('steps')} steps of {step()}, kappa {s.get('kappa'):g})",
+        "fea_attack": lambda: (f"{name} ({s.get('targets')} targets x {s.get('steps')} steps "
+                               f"of {step()}, cosine distance)"),
+        "autoattack": lambda: (f"{name} ({s.get('steps')} iterations, {s.get('targets')} "
+                               "targets)"),
+        "square": lambda: (f"{name} = {spec.get('survivors_of')} then Square "
+                           f"({s.get('queries')} queries) on its survivors"
+                           if spec.get("survivors_of") else
+                           f"{name} (Square, {s.get('queries')} queries)"),
+    }
+    return texts.get(spec["attack"], lambda: name)()
+
+
+def describe_protocol(specs: Sequence[Mapping[str, Any]], epsilon: float | None = None) -> str:
+    """One sentence naming the attacks in A_rob with their steps, targets and queries, for
+    a table's caption; ``specs`` are :meth:`AttackSpec.describe` dicts (a table's
+    ``specs``)."""
+    rows = [_row_text(s, epsilon) for s in specs if s["kind"] == "white"]
+    return "A_rob: the per-example worst case over clean and " + "; ".join(rows)

@@ -1,12 +1,17 @@
 """Training runs on disk: folders, checkpoints, resume, metrics, and loading.
 
-Each run lives in ``<runs_root>/<profile>/<dataset>/<method>-seed<k>/``:
+Each run lives in ``<runs_root>/<profile>/<dataset>/<method>-seed<k>/``, where
+``<profile>`` is the profile's name, followed by a short hash of its training settings
+(``quick-3fa2c1``) when they differ from the named profile's (:func:`profile_folder`), so
+a variant never shares the folder of the profile it was made from:
 
 * ``checkpoint.pt``: model, optimiser, scheduler, maximiser with its own optimisers,
   epoch, every RNG state, the metrics, and the run's identity (the settings it must
   share with a call to be resumed or reused); written atomically at every epoch end;
-* ``metrics.json``: per epoch, loss, clean and PGD accuracy, times;
-* ``eval.json`` once evaluated (:mod:`adt.evaluate`).
+* ``metrics.json``: per epoch, loss, clean and PGD accuracy, times (a copy of the
+  checkpoint's metrics, repaired from it on load when they disagree);
+* ``eval.json`` once evaluated (:mod:`adt.evaluate`);
+* ``.lock`` while a process trains the run (:class:`RunLock`): one writer per folder.
 
 A finished run is reused; an unfinished one resumes from its last epoch and ends
 exactly where an uninterrupted run would (on CPU, bit for bit, at a fixed thread count).
@@ -14,7 +19,15 @@ exactly where an uninterrupted run would (on CPU, bit for bit, at a fixed thread
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
+import os
 import random
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +38,21 @@ from torch import nn
 
 from adt.data import DATASETS, DatasetSpec
 from adt.inner import InnerMaximizer
-from adt.io import save_torch, write_json
+from adt.io import read_json, save_torch, write_json
 from adt.methods import build_maximizer
 from adt.models import build_model
-from adt.profiles import Profile, get_profile
+from adt.profiles import PROFILES, Profile, get_profile
 from adt.runtime import resolve_device
 
-__all__ = ["Run", "DEFAULT_RUNS_ROOT", "CHECKPOINT", "METRICS", "run_dir", "run_identity",
+__all__ = ["Run", "DEFAULT_RUNS_ROOT", "CHECKPOINT", "METRICS", "LOCK", "run_dir",
+           "run_identity", "identity_hash", "profile_folder", "variant_of", "state_hash",
+           "RunLock", "RunLockedError", "prepare_run_folder", "clear_run_folder",
            "build_modules", "seed_everything", "new_metrics", "record_epoch", "save_checkpoint",
-           "read_checkpoint", "restore_modules", "restore_training", "load_run"]
+           "read_checkpoint", "restore_modules", "restore_training", "reconcile_metrics",
+           "load_run"]
 
 DEFAULT_RUNS_ROOT = Path("data/runs")
-CHECKPOINT, METRICS = "checkpoint.pt", "metrics.json"
+CHECKPOINT, METRICS, LOCK = "checkpoint.pt", "metrics.json", ".lock"
 _FORMAT = 1
 
 
@@ -59,16 +75,151 @@ class Run:
 
 def run_dir(profile: Profile, method: str, seed: int,
             runs_root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
-    return Path(runs_root) / profile.name / profile.dataset / f"{method}-seed{seed}"
+    """The run's folder: ``<runs_root>/<profile folder>/<dataset>/<method>-seed<seed>``."""
+    return Path(runs_root) / profile_folder(profile) / profile.dataset / f"{method}-seed{seed}"
+
+
+_TRAINING_FIELDS = ("dataset", "model", "model_kwargs", "train_examples", "epsilon", "recipe",
+                    "methods", "monitor_examples", "monitor_pgd_steps")
 
 
 def run_identity(profile: Profile, method: str, seed: int) -> dict[str, Any]:
     """The settings a checkpoint must share with the current call to be resumed or reused."""
     full = profile.to_dict()
-    keep = ("dataset", "model", "model_kwargs", "train_examples", "epsilon", "recipe",
-            "methods", "monitor_examples", "monitor_pgd_steps")
     return {"profile": profile.name, "method": method, "seed": seed,
-            **{k: full[k] for k in keep}}
+            **{k: full[k] for k in _TRAINING_FIELDS}}
+
+
+def identity_hash(identity: dict[str, Any], length: int = 12) -> str:
+    """A short sha256 of an identity dict (canonical JSON: sorted keys, numpy/torch scalars
+    as numbers)."""
+    text = json.dumps(identity, sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy and torch scalars
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} in a run identity is not JSON serialisable")
+
+
+def variant_of(profile: Profile) -> dict[str, Any]:
+    """How ``profile``'s training settings differ from the named profile's: ``tag`` (a
+    short hash; None when they do not differ) and ``differs`` (the differing fields; every
+    field for a name that is not one of ``adt.profiles.PROFILES``)."""
+    mine = {k: v for k, v in run_identity(profile, "", 0).items() if k not in ("method", "seed")}
+    named = PROFILES.get(profile.name)
+    base = run_identity(named, "", 0) if named is not None else {}
+    differs = sorted(k for k in mine if k != "profile" and base.get(k) != mine[k])
+    return {"tag": identity_hash(mine, 6) if differs else None, "differs": differs}
+
+
+def profile_folder(profile: Profile) -> str:
+    """The profile's folder under the runs root: its name, with ``-<tag>`` for a variant
+    whose training settings differ from the named profile's (:func:`variant_of`)."""
+    tag = variant_of(profile)["tag"]
+    return profile.name if tag is None else f"{profile.name}-{tag}"
+
+
+def state_hash(module: nn.Module) -> str:
+    """A sha256 of every tensor of ``module.state_dict()`` (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value.detach().cpu().contiguous()
+        h.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+class RunLockedError(RuntimeError):
+    """Another process trains the run (it holds the run folder's lock)."""
+
+
+def prepare_run_folder(path: Path) -> Path:
+    """Create the run folder and check that a file can be written in it, before any
+    training: a folder that cannot be written fails here, naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"the run folder {path} cannot be written ({type(err).__name__}: {err}); training "
+            "would fail at its first checkpoint. Fix the folder's permissions or pass another "
+            "runs_root (a writable folder)") from err
+    return path
+
+
+def clear_run_folder(path: Path) -> None:
+    """Delete everything in the run folder but its lock file (``force_retrain``)."""
+    for entry in Path(path).iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+class RunLock:
+    """An exclusive ``fcntl`` lock on ``<run folder>/.lock``, held while a process trains
+    the run; the lock file holds the holder's PID and is removed on release. A second
+    writer fails at once (:class:`RunLockedError`) naming the holder's PID. The kernel
+    drops the lock when the holder dies (even by ``kill -9``), so a stale file blocks
+    nobody."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        prepare_run_folder(self.path.parent)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise RunLockedError(
+                    f"the run folder {self.path.parent} is being trained by process "
+                    f"{self._holder()} (it holds {self.path}); wait for it to finish, or train "
+                    "this run elsewhere (another runs_root)") from None
+            # the holder before us may have removed the file after we opened it: lock the
+            # file that is at the path now
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def _holder(self) -> str:
+        try:
+            pid = self.path.read_text().strip()
+        except OSError:
+            pid = ""
+        return f"PID {pid}" if pid else "of unknown PID"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked: nobody can take it meanwhile
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
 
 def build_modules(profile: Profile, method: str, spec: DatasetSpec,
@@ -111,7 +262,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def new_metrics(profile: Profile, method: str, seed: int, train_examples: int,
                 device: torch.device) -> dict[str, Any]:
     """The metrics of a run before its first epoch."""
-    return {"profile": profile.name, "dataset": profile.dataset, "method": method, "seed": seed,
+    variant = variant_of(profile)
+    return {"profile": profile.name, "profile_folder": profile_folder(profile),
+            "variant": variant["tag"], "variant_of_named_profile": variant["differs"],
+            "dataset": profile.dataset, "method": method, "seed": seed,
             "model": profile.model, "model_kwargs": dict(profile.model_kwargs),
             "train_examples": train_examples, "epsilon": profile.train_epsilon,
             "device": str(device), "torch": torch.__version__, "epochs": profile.recipe.epochs,
@@ -171,6 +325,19 @@ def restore_modules(ckpt: dict[str, Any], path: Path, expected: dict[str, Any],
         raise ValueError(f"{path} does not fit the {expected['model']} model / "
                          f"{expected['method']} maximiser built now ({str(err)[:300]}); pass "
                          "force_retrain=True to discard it") from err
+    if not _all_finite(model, maximizer):
+        raise ValueError(f"{path} holds non-finite weights (NaN or inf) after epoch "
+                         f"{ckpt.get('epoch')}: the run diverged. Train it again with a lower "
+                         "lr (profile.replace(recipe={'lr': ...})), or pass force_retrain=True")
+
+
+def _all_finite(*modules: nn.Module) -> bool:
+    """Whether every floating parameter and buffer of ``modules`` is finite (one host sync)."""
+    tensors = [t.detach() for m in modules for t in (*m.parameters(), *m.buffers())
+               if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 def restore_training(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer,
@@ -182,10 +349,38 @@ def restore_training(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer,
     return ckpt["epoch"]
 
 
+def reconcile_metrics(folder: Path, metrics: dict[str, Any]) -> bool:
+    """Make ``metrics.json`` in the run folder equal the checkpoint's ``metrics`` (the
+    checkpoint is written first, so it is the truth when the two disagree: a write of
+    ``metrics.json`` was interrupted, or the file was edited or deleted). Returns whether
+    the file was repaired; says so with a warning."""
+    path = Path(folder) / METRICS
+    expected = json.loads(json.dumps(metrics, default=_plain))
+    try:
+        stored: Any = read_json(path)
+        why = "disagrees with the checkpoint" if stored != expected else None
+    except FileNotFoundError:
+        why = "is missing"
+    except ValueError:
+        why = "is not valid JSON"
+    if why is None:
+        return False
+    try:
+        write_json(metrics, path)
+    except OSError as err:
+        warnings.warn(f"{path} {why} and could not be repaired ({err}); the checkpoint's "
+                      "metrics are used", stacklevel=3)
+        return False
+    warnings.warn(f"{path} {why}; rewritten from the checkpoint {Path(folder) / CHECKPOINT}",
+                  stacklevel=3)
+    return True
+
+
 def load_run(profile: str | Profile, method: str, seed: int = 0, *,
              device: str | torch.device | None = None,
-             runs_root: str | Path = DEFAULT_RUNS_ROOT) -> Run:
-    """A finished run from disk (no data needed); FileNotFoundError when it is not there."""
+             runs_root: str | Path = DEFAULT_RUNS_ROOT, allow_unfinished: bool = False) -> Run:
+    """A finished run from disk (no data needed); FileNotFoundError when it is not there,
+    ValueError when it is unfinished (``allow_unfinished=True`` returns it as it is)."""
     profile = get_profile(profile)
     device = resolve_device(device if device is not None else profile.device)
     path = run_dir(profile, method, seed, runs_root)
@@ -196,4 +391,12 @@ def load_run(profile: str | Profile, method: str, seed: int = 0, *,
     ckpt = read_checkpoint(path / CHECKPOINT, device)
     restore_modules(ckpt, path / CHECKPOINT, run_identity(profile, method, seed), model,
                     maximizer)
-    return Run(path, profile, method, seed, model.eval(), maximizer, ckpt["metrics"])
+    metrics = ckpt["metrics"]
+    if not metrics.get("finished") and not allow_unfinished:
+        raise ValueError(f"the run at {path} is unfinished ({ckpt['epoch']} of "
+                         f"{metrics.get('epochs')} epochs); finish it with adt.train.train("
+                         f"{profile.name!r}, {method!r}, seed={seed}) (it resumes), or pass "
+                         "allow_unfinished=True to load it as it is")
+    if metrics.get("finished"):
+        reconcile_metrics(path, metrics)
+    return Run(path, profile, method, seed, model.eval(), maximizer, metrics)

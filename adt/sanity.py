@@ -11,7 +11,13 @@ returns a :class:`CheckResult`:
     accuracy to about zero;
 (c) :func:`white_beats_black`: white-box attacks must not be weaker than black-box ones
     (transfer, SPSA);
-(d) :func:`autoattack_beats_pgd`: AutoAttack must not be weaker than PGD.
+(d) :func:`autoattack_beats_pgd`: AutoAttack must not be weaker than PGD;
+(e) :func:`score_based_only`: a score-based attack (Square, SPSA) must not break more than
+    a few examples that every gradient-based attack missed: those examples are the
+    signature of gradient masking, and the check names them;
+(f) :func:`pgd_close_to_autoattack`: PGD-many must not be above AutoAttack by more than
+    ``max_autoattack_gap`` (5 points): otherwise the PGD columns are unreliable for the
+    model.
 
 Comparisons of two attacks on the same examples use a one-sided McNemar test
 (:func:`significantly_higher`): the rise is flagged when (up - down) > z * sqrt(up +
@@ -44,7 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SanityChecks", "CheckResult", "GradientMaskingWarning", "GradientMaskingError",
            "significantly_higher", "more_steps_help", "restarts_help", "large_epsilon_breaks",
-           "white_beats_black", "autoattack_beats_pgd", "run_checks", "report"]
+           "white_beats_black", "autoattack_beats_pgd", "score_based_only",
+           "pgd_close_to_autoattack", "run_checks", "report"]
 
 
 class GradientMaskingWarning(UserWarning):
@@ -74,6 +81,8 @@ class SanityChecks:
     max_large_accuracy: float = 0.05
     tolerance: float = 0.01
     z: float = 3.0
+    max_score_only: float = 0.01
+    max_autoattack_gap: float = 0.05
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon, "sanity epsilon")
@@ -92,6 +101,10 @@ class SanityChecks:
         if not 0.0 <= self.max_large_accuracy < 1.0:
             raise ValueError(f"max_large_accuracy={self.max_large_accuracy} must be in [0, 1); "
                              "use e.g. 0.05")
+        for what, value in (("max_score_only", self.max_score_only),
+                            ("max_autoattack_gap", self.max_autoattack_gap)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{what}={value} must be in [0, 1); use e.g. 0.01 or 0.05")
         if self.tolerance < 0 or self.z < 0:
             raise ValueError(f"tolerance={self.tolerance} and z={self.z} must be >= 0; use e.g. "
                              "0.01 and 3")
@@ -233,6 +246,47 @@ def autoattack_beats_pgd(table: RobustnessTable, checks: SanityChecks,
     return out
 
 
+def score_based_only(table: RobustnessTable, checks: SanityChecks) -> list[CheckResult]:
+    """(e) Examples broken by a score-based attack (Square inside AutoAttack, SPSA) but
+    correct under the clean input and every gradient-based white-box attack: more than
+    ``max_score_only`` of the examples flags the model, and the result names them."""
+    specs = table.specs
+    gradient = [s["name"] for s in specs if s["kind"] in ("clean", "white")
+                and not s.get("score_based")]
+    scored = [s["name"] for s in specs if s.get("score_based") and s["kind"] != "sanity"]
+    if not scored:
+        return [_result("score_only", None, "no score-based attack in the table")]
+    survivors = table.worst_case(gradient)
+    out = []
+    for name in scored:
+        row = table.row(name)
+        broken = (~row & survivors[:len(row)]).nonzero().squeeze(1).tolist()
+        out.append(_result(f"score_only[{name}]", len(broken) > checks.max_score_only * len(row),
+                           f"{name} must not break examples that every gradient attack "
+                           f"missed (at most {checks.max_score_only:.0%})",
+                           count=len(broken), n=len(row), examples=broken))
+    return out
+
+
+def pgd_close_to_autoattack(table: RobustnessTable, checks: SanityChecks,
+                            roles: dict[str, str]) -> list[CheckResult]:
+    """(f) PGD-many must not overstate the robustness found by AutoAttack by more than
+    ``max_autoattack_gap``; a failure marks the PGD columns unreliable for this model."""
+    cascades = [s["name"] for s in table.specs if s.get("survivors_of") and s["kind"] == "white"]
+    if not cascades:
+        return [_result("pgd_vs_autoattack", None, "no AutoAttack cascade in the table")]
+    pgd_accuracy = table.accuracy_of(roles["many"])
+    out = []
+    for name in cascades:
+        gap = pgd_accuracy - table.accuracy_of(name)
+        out.append(_result(f"pgd_vs_autoattack[{name}]", gap > checks.max_autoattack_gap,
+                           f"{roles['many']} must not be above {name} by more than "
+                           f"{checks.max_autoattack_gap:.0%} (else the PGD columns are "
+                           "unreliable for this model)", gap=gap, pgd=pgd_accuracy,
+                           autoattack=table.accuracy_of(name)))
+    return out
+
+
 def run_checks(table: RobustnessTable) -> list[CheckResult]:
     """Every check, (a)-(d), on a table's correctness matrix (none when the table was made
     without checks)."""
@@ -241,7 +295,8 @@ def run_checks(table: RobustnessTable) -> list[CheckResult]:
         return []
     return [more_steps_help(table, checks, roles), restarts_help(table, checks, roles),
             large_epsilon_breaks(table, checks, roles), *white_beats_black(table, checks),
-            *autoattack_beats_pgd(table, checks, roles)]
+            *autoattack_beats_pgd(table, checks, roles), *score_based_only(table, checks),
+            *pgd_close_to_autoattack(table, checks, roles)]
 
 
 def report(table: RobustnessTable, strict: bool, stacklevel: int = 3) -> None:

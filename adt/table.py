@@ -206,4 +206,10 @@ def load_table(path: str | Path) -> RobustnessTable:
     if not path.is_file():
         raise FileNotFoundError(f"no robustness table at {path}; evaluate the run first: "
                                 "adt.evaluate.evaluate_run(run)")
-    return RobustnessTable.from_dict(read_json(path))
+    fix = "delete it; adt.evaluate.evaluate_run(run) computes it again"
+    blob = read_json(path, fix)
+    try:
+        return RobustnessTable.from_dict(blob)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a robustness table of this artifact "
+                         f"({type(err).__name__}: {err}); {fix}") from err

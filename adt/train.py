@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +30,12 @@ from adt.runs import (
     CHECKPOINT,
     DEFAULT_RUNS_ROOT,
     Run,
+    RunLock,
     build_modules,
+    clear_run_folder,
     new_metrics,
     read_checkpoint,
+    reconcile_metrics,
     record_epoch,
     restore_modules,
     restore_training,
@@ -120,6 +122,22 @@ def _monitor(model: nn.Module, profile: Profile, x: torch.Tensor, y: torch.Tenso
     return clean, robust.float().mean()
 
 
+def _check_finite(epoch: int, means: dict[str, torch.Tensor], modules: tuple[nn.Module, ...],
+                  lr: float, method: str) -> None:
+    """Raise when an epoch left a non-finite loss, statistic or weight (one host sync)."""
+    tensors = [*means.values()] + [t.detach() for m in modules
+                                   for t in (*m.parameters(), *m.buffers())
+                                   if t.is_floating_point()]
+    if bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+        return
+    loss = means.get("loss")
+    raise FloatingPointError(
+        f"epoch {epoch + 1} of {LABELS[method]} ended with a non-finite loss or weights (loss "
+        f"{'?' if loss is None else f'{loss.item():.4g}'}, lr {lr:g}): training diverged. "
+        "Nothing of this epoch was saved. Lower the learning rate, e.g. "
+        f"profile.replace(recipe={{'lr': {lr / 10:g}}})")
+
+
 def train(profile: str | Profile, method: str, seed: int = 0, *,
           data: ImageDataset | None = None, device: str | torch.device | None = None,
           runs_root: str | Path = DEFAULT_RUNS_ROOT, resume: bool = True,
@@ -129,11 +147,14 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
 
     ``data`` defaults to the profile's dataset (loaded from ``data/``); ``device``
     to the profile's. ``on_batch_end(epoch, batch)`` is called after every step
-    (tests use it to interrupt a run).
+    (tests use it to interrupt a run). The run folder is created and tested for writing
+    before anything else and locked while this call runs (a second writer fails at once,
+    :class:`~adt.runs.RunLockedError`). An epoch with a non-finite loss or weights raises
+    FloatingPointError before anything of it is saved.
     """
     profile = get_profile(profile)
     check_choice(method, METHODS, "method")
-    check_int_at_least(seed, 0, "seed", "0")
+    seed = check_int_at_least(seed, 0, "seed", "0")
     device = resolve_device(device if device is not None else profile.device)
     if data is None:
         data = load_dataset(profile.dataset, device=device)
@@ -142,9 +163,17 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
                          f"{profile.dataset!r}; pass profile.replace(dataset={data.name!r})")
     data = data.to(device).subset(train=profile.train_examples)
     path = run_dir(profile, method, seed, runs_root)
-    if force_retrain and path.exists():
-        shutil.rmtree(path)
+    with RunLock(path):
+        if force_retrain:
+            clear_run_folder(path)
+        return _train_locked(profile, method, seed, data, device, path, resume, progress,
+                             on_batch_end)
 
+
+def _train_locked(profile: Profile, method: str, seed: int, data: ImageDataset,
+                  device: torch.device, path: Path, resume: bool, progress: bool,
+                  on_batch_end: Callable[[int, int], None] | None) -> Run:
+    """The body of :func:`train`, run while the run folder ``path`` is locked."""
     seed_everything(seed)
     model, maximizer = build_modules(profile, method, data.spec, device)
     optimizer, scheduler = _outer_optimizer(model, profile.recipe)
@@ -156,6 +185,7 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
         restore_modules(ckpt, path / CHECKPOINT, identity, model, maximizer)
         metrics = ckpt["metrics"]
         if metrics["finished"]:
+            reconcile_metrics(path, metrics)
             return Run(path, profile, method, seed, model.eval(), maximizer, metrics)
         start_epoch = restore_training(ckpt, optimizer, scheduler)
 
@@ -172,6 +202,7 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
         means = train_epoch(forward, maximizer, optimizer, data, profile, epoch,
                             profile.recipe.batch_size_for(method), seed, amp, progress,
                             on_batch_end)
+        _check_finite(epoch, means, (model, maximizer), lr, method)
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adt.profiles import PROFILES
-from adt.provenance import COMMITTED_PROFILE, PROFILE_NAMES, TEMPORARY_PROFILES
+from adt.provenance import COMMITTED_PROFILE, CUDA_PROFILES, PROFILE_NAMES, TEMPORARY_PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "adt"
@@ -161,6 +161,8 @@ def test_profile_names_have_one_source() -> None:
     assert PROFILE_NAMES == tuple(PROFILES)
     assert TEMPORARY_PROFILES == tuple(n for n, p in PROFILES.items() if p.temporary_output)
     assert COMMITTED_PROFILE in PROFILES and COMMITTED_PROFILE not in TEMPORARY_PROFILES
+    # the launcher checks the device of these profiles without importing adt.profiles
+    assert CUDA_PROFILES == tuple(n for n, p in PROFILES.items() if p.device == "cuda")
 
 
 def test_no_file_points_at_documents_outside_the_repository() -> None:

@@ -51,7 +51,8 @@ def masked() -> tuple[RobustnessTable, list]:
     """The same model behind a zero-gradient input quantisation; transfer from the model
     without it (AutoAttack and SPSA left out for time)."""
     model, _ = trained_small_cnn()
-    attacks = [s for s in white_box_attacks(SETTINGS, EPS) if s.name != "AutoAttack"]
+    attacks = [s for s in white_box_attacks(SETTINGS, EPS)
+               if s.name not in ("APGD-CE+T", "AutoAttack")]
     attacks += black_box_attacks(SETTINGS, EPS, sources={"unmasked": model}, include_spsa=False)
     return _table(Quantized(model), attacks)
 
@@ -63,7 +64,8 @@ def _in_worst_case(table: RobustnessTable) -> list[str]:
 def test_a_rob_is_the_recomputable_per_example_worst_case(normal: tuple) -> None:
     table, _ = normal
     rows = [table.names.index(n) for n in _in_worst_case(table)]
-    assert len(rows) == 8  # clean, FGSM, PGD-5, PGD-10, MIM, C&W, FeaAttack, AutoAttack
+    # clean, FGSM, PGD-5, PGD-10, MIM, C&W, FeaAttack, APGD-CE+T, AutoAttack (+ Square)
+    assert len(rows) == 9
     recomputed = table.correct[rows].all(0).float().mean().item()
     assert table.robust_accuracy == pytest.approx(recomputed)
     for name in _in_worst_case(table):
@@ -87,7 +89,9 @@ def test_normally_trained_model_passes_the_sanity_checks(normal: tuple) -> None:
                         "white_vs_black[Transfer PGD-5 from itself]": "passed",
                         "white_vs_black[Transfer MIM from itself]": "passed",
                         "white_vs_black[SPSA]": "passed",
-                        "autoattack_vs_pgd[AutoAttack]": "passed"}
+                        "autoattack_vs_pgd[APGD-CE+T]": "passed",
+                        "score_only[AutoAttack]": "passed", "score_only[SPSA]": "passed",
+                        "pgd_vs_autoattack[AutoAttack]": "passed"}
     assert not table.gradient_masking_suspected and not caught
     assert "sanity" in table.kinds  # the restart and large-epsilon runs are kept ...
     assert all(r["kind"] != "sanity" for r in table.rows())  # ... but not reported
@@ -105,7 +109,8 @@ def test_lookup_finds_rows_by_attack_source_and_settings(normal: tuple) -> None:
         assert t.lookup("pgd", source="itself", steps=5) == "Transfer PGD-5 from itself"
         assert t.lookup("mim", source="itself") == "Transfer MIM from itself"
         assert t.lookup("spsa") == "SPSA"
-        assert t.lookup("autoattack") == "AutoAttack"
+        assert t.lookup("autoattack") == "APGD-CE+T"  # AutoAttack's gradient attacks
+        assert t.lookup("square") == "AutoAttack"  # ... then Square on their survivors
     assert table.names_of("black") == ["Transfer PGD-5 from itself", "Transfer MIM from itself",
                                        "SPSA"]
     assert table.names_of("clean", "white") == _in_worst_case(table)
@@ -216,8 +221,8 @@ def test_standard_attack_list_follows_the_protocol() -> None:
     eps = 8 / 255
     specs = {s.name: s for s in standard_attacks(EvalSettings(), eps,
                                                  sources={"AT": nn.Linear(2, 2)})}
-    assert list(specs)[:9] == ["Clean", "FGSM", "PGD-20", "PGD-100", "MIM", "C&W", "FeaAttack",
-                               "AutoAttack", "Transfer PGD-20 from AT"]
+    assert list(specs)[:10] == ["Clean", "FGSM", "PGD-20", "PGD-100", "MIM", "C&W", "FeaAttack",
+                               "APGD-CE+T+FAB-T", "AutoAttack", "Transfer PGD-20 from AT"]
     assert specs["PGD-100"].settings == {"epsilon": eps, "step_size": eps / 4, "steps": 100,
                                          "random_start": True}
     assert math.isclose(specs["MIM"].settings["step_size"], 2 / 255)
@@ -225,8 +230,11 @@ def test_standard_attack_list_follows_the_protocol() -> None:
     assert specs["C&W"].settings["steps"] == 30 and specs["C&W"].settings["kappa"] == 50
     assert math.isclose(specs["FeaAttack"].settings["step_size"], 1 / 255)
     assert specs["FeaAttack"].settings["steps"] == 50
-    assert specs["AutoAttack"].settings == {"epsilon": eps, "version": "standard",
-                                            "num_classes": 10, "steps": 100, "targets": 9}
+    # the original AutoAttack: its gradient attacks, then Square on their survivors
+    assert specs["APGD-CE+T+FAB-T"].settings == {"epsilon": eps, "version": "gradient",
+                                                 "num_classes": 10, "steps": 100, "targets": 9}
+    assert specs["AutoAttack"].settings == {"epsilon": eps, "queries": 5000}
+    assert specs["AutoAttack"].survivors_of == "APGD-CE+T+FAB-T"
     spsa = specs["SPSA"]
     assert spsa.kind == "black" and spsa.n_examples == 1000 and spsa.float32
     assert spsa.settings == {"epsilon": eps, "lr": 0.01, "delta": 1e-3, "iterations": 100,

@@ -208,11 +208,11 @@ def fixed_rsample(monkeypatch: pytest.MonkeyPatch, noise: torch.Tensor) -> None:
 def exp_am_objective(maximizer: AmortizedExplicitADT, model: nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The generator's objective CE(f(x + delta)) + lambda H for the (patched) fixed noise,
-    and the adversarial inputs."""
+    H the release's batch-and-pixel mean of -log p, and the adversarial inputs."""
     dist = maximizer.distribution(model, x, y)
     delta = dist.rsample()
     x_adv = (x + delta).clamp(0, 1)
-    entropy = dist.entropy_estimate(delta).per_pixel.mean()
+    entropy = dist.release_entropy(delta).mean()
     return F.cross_entropy(model(x_adv), y) + maximizer.lambda_ * entropy, x_adv
 
 
@@ -293,7 +293,9 @@ def test_imp_am_train_step_moves_classifier_generator_and_encoder_the_right_way(
     x, y = x_all[:16], y_all[:16]
     torch.manual_seed(9)
     model = copy.deepcopy(base).train()
-    maximizer = AmortizedImplicitADT(1, 28, EPS, ngf=4, noise_dim=8).train()
+    # threshold below any NLL: the penalty is on, so the encoder learns (the release trains
+    # it only through the penalty; tests/test_fidelity.py checks the threshold's gate)
+    maximizer = AmortizedImplicitADT(1, 28, EPS, ngf=4, noise_dim=8, threshold=-100.0).train()
     old_model, old_max = copy.deepcopy(model), copy.deepcopy(maximizer)
     z = torch.rand(len(x), 8, generator=torch.Generator().manual_seed(10)) * 2 - 1
     original_sample = maximizer.sample
@@ -321,12 +323,13 @@ def test_imp_am_train_step_moves_classifier_generator_and_encoder_the_right_way(
 
 
 def test_imp_am_gradients(trained, monkeypatch):
-    """Generator: exactly minus the gradient of CE - penalty. Encoder: along +grad NLL."""
+    """Generator: exactly minus the gradient of CE - penalty. Encoder: along +grad NLL (the
+    penalty's gradient, with the penalty on)."""
     base, x_all, y_all = trained
     x, y = x_all[:8], y_all[:8]
     torch.manual_seed(11)
     model = copy.deepcopy(base).train()
-    maximizer = AmortizedImplicitADT(1, 28, EPS, ngf=4, noise_dim=8).train()
+    maximizer = AmortizedImplicitADT(1, 28, EPS, ngf=4, noise_dim=8, threshold=-100.0).train()
     reference = copy.deepcopy(maximizer)
     z = torch.rand(len(x), 8, generator=torch.Generator().manual_seed(12)) * 2 - 1
     original_sample = maximizer.sample

@@ -58,12 +58,17 @@ def nbval_output_dir() -> Path | None:
 class Smoke:
     """The smoke outputs under test: the artefact folder and its manifest; ``executed``,
     the executed notebooks (only when the fixture ran the pipeline itself); and whether
-    the committed figures/ are as they were before the notebooks ran."""
+    the committed figures/ and notebooks/ are as they were before the notebooks ran."""
 
     out: Path
     manifest: dict
     executed: Path | None
     figures_untouched: bool
+    notebooks_untouched: bool = True
+
+
+def _touched_since(folder: Path, started: float) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= started]
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +76,17 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     out = nbval_output_dir()
     if out is not None:
         # the notebooks ran earlier in this session: nothing of figures/ may be newer
-        touched = [p for p in (ROOT / "figures").rglob("*")
-                   if p.is_file() and p.stat().st_mtime >= SESSION_STARTED]
-        return Smoke(out, read_json(out / MANIFEST), None, not touched)
+        return Smoke(out, read_json(out / MANIFEST), None,
+                     not _touched_since(ROOT / "figures", SESSION_STARTED),
+                     not _touched_since(ROOT / "notebooks", SESSION_STARTED))
     folder = tmp_path_factory.mktemp("pipeline")
-    before = _digest(ROOT / "figures")
-    manifest_path = run_pipeline("smoke", "cpu", output_dir=folder / "figures",
-                                 executed_dir=folder / "notebooks")
-    return Smoke(folder / "figures", read_json(manifest_path), folder / "notebooks",
-                 _digest(ROOT / "figures") == before)
+    before = {name: _digest(ROOT / name) for name in ("figures", "notebooks")}
+    # the defaults of `python -m adt.pipeline --profile smoke`, but the output folder: the
+    # executed notebooks go to <output>/notebooks, never to the committed notebooks/
+    manifest_path = run_pipeline("smoke", "cpu", output_dir=folder / "figures")
+    return Smoke(folder / "figures", read_json(manifest_path), folder / "figures" / "notebooks",
+                 _digest(ROOT / "figures") == before["figures"],
+                 _digest(ROOT / "notebooks") == before["notebooks"])
 
 
 # ----------------------------------------------------------------------------- smoke outputs
@@ -120,6 +127,10 @@ def test_smoke_regenerates_every_committed_artefact(smoke: Smoke) -> None:
 
 def test_smoke_leaves_the_committed_figures_alone(smoke: Smoke) -> None:
     assert smoke.figures_untouched
+
+
+def test_smoke_leaves_the_committed_notebooks_alone(smoke: Smoke) -> None:
+    assert smoke.notebooks_untouched
 
 
 def test_runs_of_smoke_stay_in_the_temporary_folder(smoke: Smoke) -> None:

@@ -48,7 +48,8 @@ def test_paper_profile_is_the_release_recipe() -> None:
     assert p.train_epsilon == 8 / 255 and p.train_examples is None
     r = p.recipe
     assert (r.lr, r.momentum, r.weight_decay) == (0.1, 0.9, 2e-4)
-    assert (r.batch_size, r.epochs, tuple(r.lr_milestones), r.lr_gamma) == (64, 76, (75,), 0.1)
+    # lr x0.1 after 74 epochs: epochs 75 and 76 (numbered from 1) at 0.01, as the release
+    assert (r.batch_size, r.epochs, tuple(r.lr_milestones), r.lr_gamma) == (64, 76, (74,), 0.1)
     assert r.epsilon_warmup_epochs == 0
     assert r.batch_size_for("pgd_at") == 128
     for method in ("adt_exp", "adt_exp_am", "adt_imp_am"):

@@ -107,9 +107,15 @@ def test_force_retrain_trains_again(smoke_run, mnist: ImageDataset, tmp_path: Pa
     assert run.finished and len(run.metrics["history"]) == 1
 
 
-def test_checkpoint_of_other_settings_is_refused(smoke_run, mnist: ImageDataset) -> None:
-    root, _ = smoke_run
+def test_checkpoint_of_other_settings_is_refused(smoke_run, mnist: ImageDataset,
+                                                 tmp_path: Path) -> None:
+    root = _copy_run(smoke_run[0], tmp_path)
     other = get_profile("smoke").replace(model_kwargs={"width": 4, "hidden": 16})
+    # a variant trains in a folder of its own; a checkpoint of other settings found there
+    # (copied by hand, or written before a change of the settings) is refused
+    mine = run_dir(other, METHOD, 0, root)
+    assert mine != run_dir(get_profile("smoke"), METHOD, 0, root)
+    shutil.copytree(run_dir(get_profile("smoke"), METHOD, 0, root), mine)
     with pytest.raises(ValueError, match="force_retrain") as info:
         train(other, METHOD, data=mnist, runs_root=root, progress=False, device=CPU,
               on_batch_end=_never)

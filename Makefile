@@ -1,7 +1,7 @@
 # The whole set-up on a fresh machine is one of these two commands:
 #   make reproduce   regenerate every table and figure (profile quick, CPU, ~20 min)
 #   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
-# Options: make reproduce PROFILE=fashion DEVICE=cuda
+# Options: make reproduce PROFILE=fashion DEVICE=cuda [FORCE_RETRAIN=1: retrain every run]
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml environment.yml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE)
+	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE) $(if $(FORCE_RETRAIN),--force-retrain)
 
 # One pytest run: nbval executes the notebooks (smoke) first, writing their figures, tables and
 # MANIFEST.json to ADT_OUTPUT_DIR; tests/test_pipeline.py then checks those outputs, so every

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -114,3 +115,30 @@ class Recorder(nn.Module):
     @property
     def modes(self) -> list[bool]:
         return [outer or inner for outer, inner, _ in self.calls]
+
+
+def synthetic_notebook(*sources: str) -> Any:
+    """A notebook whose first cell is the papermill ``parameters`` cell of the artifact's
+    (profile, device, output_dir, force_retrain), then one code cell per source."""
+    import nbformat
+
+    parameters = ("profile = 'quick'\ndevice = 'auto'\noutput_dir = None\n"
+                  "force_retrain = False")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(nbformat.v4.new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def recording_notebook(name: str, *more: str) -> Any:
+    """A synthetic notebook that writes ``<name>.txt`` into the output folder and lists it
+    in the manifest (no torch), then runs ``more`` cells."""
+    return synthetic_notebook(
+        "from pathlib import Path\n"
+        "from adt.provenance import record_artefact\n"
+        f"Path(output_dir, '{name}.txt').write_text(profile + ' ' + device)\n"
+        f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
+        f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})", *more)
+

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import SESSION_STARTED
+from conftest import SESSION_STARTED, recording_notebook
 
 from adt.io import read_json, write_json
 from adt.pipeline import NOTEBOOKS, PipelineError, run_pipeline
@@ -142,32 +142,10 @@ def test_runs_of_smoke_stay_in_the_temporary_folder(smoke: Smoke) -> None:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _notebook(*sources: str) -> nbformat.NotebookNode:
-    """A notebook whose first cell is the papermill ``parameters`` cell of the artifact's."""
-    parameters = ("profile = 'quick'\ndevice = 'auto'\noutput_dir = None\n"
-                  "force_retrain = False")
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-        *(nbformat.v4.new_code_cell(s) for s in sources)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    return nb
-
-
-def _recording(name: str) -> nbformat.NotebookNode:
-    """A synthetic notebook that writes one artefact and lists it (no torch)."""
-    return _notebook(
-        "from pathlib import Path\n"
-        "from adt.provenance import record_artefact\n"
-        f"Path(output_dir, '{name}.txt').write_text(profile + ' ' + device)\n"
-        f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
-        f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})",
-        "print('ran with', profile, device, force_retrain)")
-
-
 def test_the_pipeline_executes_cleans_and_records(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        nbformat.write(_recording(name), tmp_path / f"{name}.ipynb")
+        notebook = recording_notebook(name, "print('ran with', profile, device, force_retrain)")
+        nbformat.write(notebook, tmp_path / f"{name}.ipynb")
     sources = {name: (tmp_path / f"{name}.ipynb").read_bytes() for name in ("a", "b")}
     out, ran = tmp_path / "out", tmp_path / "ran"
     write_json({"artefacts": {"stale": {"files": []}}}, out / MANIFEST)  # an earlier batch

@@ -24,7 +24,7 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from conftest import trained_small_cnn
+from conftest import recording_notebook, synthetic_notebook, trained_small_cnn
 
 from adt import _checks, bench, evaluate, pipeline
 from adt.attacks import pgd
@@ -201,27 +201,6 @@ def test_load_run_repairs_missing_or_corrupt_metrics(evaluated, tmp_path, damage
 # ============================================================================ 2. pipeline
 
 
-def _notebook(*sources: str) -> nbformat.NotebookNode:
-    parameters = ("profile = 'quick'\ndevice = 'auto'\noutput_dir = None\n"
-                  "force_retrain = False")
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-        *(nbformat.v4.new_code_cell(s) for s in sources)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    return nb
-
-
-def _recording(name: str) -> nbformat.NotebookNode:
-    """Writes ``<name>.txt`` into the output folder and lists it in the manifest."""
-    return _notebook(
-        "from pathlib import Path\n"
-        "from adt.provenance import record_artefact\n"
-        f"Path(output_dir, '{name}.txt').write_text(profile + ' ' + device)\n"
-        f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
-        f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})")
-
-
 @pytest.fixture
 def committed(tmp_path: Path) -> tuple[Path, Path]:
     """A stand-in of the committed notebooks/ (a, b, broken, slow) and figures/ (a quick
@@ -229,9 +208,9 @@ def committed(tmp_path: Path) -> tuple[Path, Path]:
     src, out = tmp_path / "notebooks", tmp_path / "figures"
     src.mkdir()
     for name in ("a", "b"):
-        nbformat.write(_recording(name), src / f"{name}.ipynb")
-    nbformat.write(_notebook("raise RuntimeError('deliberate failure')"), src / "broken.ipynb")
-    nbformat.write(_notebook(
+        nbformat.write(recording_notebook(name), src / f"{name}.ipynb")
+    nbformat.write(synthetic_notebook("raise RuntimeError('deliberate failure')"), src / "broken.ipynb")
+    nbformat.write(synthetic_notebook(
         "import time\nfrom pathlib import Path\n"
         f"Path({str(tmp_path / 'started')!r}).write_text('yes')\n"
         "time.sleep(120)"), src / "slow.ipynb")

@@ -261,6 +261,21 @@ def _copy_atomically(source: Path, destination: Path) -> None:
     atomic_write(destination, lambda f: f.write(data))
 
 
+def _seed(plan: PipelinePlan, staged_out: Path) -> None:
+    """Let a partial batch see the outputs of the notebooks outside it (a later chapter may
+    check or reuse them): their manifest entries and files are copied into the staging
+    folder first."""
+    manifest = read_manifest(plan.output)
+    ran = {f"notebooks/{name}.ipynb" for name in plan.notebooks}
+    kept = {name: entry for name, entry in manifest["artefacts"].items()
+            if isinstance(entry, dict) and entry.get("notebook") not in ran}
+    for entry in kept.values():
+        for rel in entry.get("files", []):
+            if (plan.output / rel).is_file():
+                _copy_atomically(plan.output / rel, staged_out / rel)
+    write_json({**manifest, "artefacts": kept}, staged_out / MANIFEST)
+
+
 def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:
     """Move a successful batch into place: artefacts, the merged manifest (last), the
     executed notebooks. Returns the manifest's path."""
@@ -317,6 +332,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     moved into place."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
+        _seed(plan, staged_out)
         timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
         record_batch(staged_out, profile=plan.profile, device=plan.device,
                      notebook_seconds=timings)

@@ -289,6 +289,19 @@ def test_a_partial_batch_merges_the_manifest(committed) -> None:
     assert set(after["notebook_seconds"]) == {"b"} and after["profile"] == "quick"
 
 
+def test_a_partial_batch_sees_the_outputs_of_the_notebooks_outside_it(committed) -> None:
+    src, out = committed
+    nbformat.write(synthetic_notebook(
+        "from pathlib import Path\n"
+        "from adt.provenance import manifest_artefacts\n"
+        "listed = manifest_artefacts(output_dir)\n"
+        "assert 'a' in listed and Path(output_dir, 'a.txt').read_text() == 'committed', listed"),
+        src / "sees.ipynb")
+    run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("sees",), notebooks_dir=src)
+    assert set(read_json(out / MANIFEST)["artefacts"]) == {"a", "b"}
+    assert (out / "a.txt").read_text() == "committed"
+
+
 def test_a_failing_notebook_leaves_every_file_as_it_was(committed) -> None:
     src, out = committed
     before = _snapshot(src, out)

@@ -265,15 +265,13 @@ def _seed(plan: PipelinePlan, staged_out: Path) -> None:
     """Let a partial batch see the outputs of the notebooks outside it (a later chapter may
     check or reuse them): their manifest entries and files are copied into the staging
     folder first."""
-    manifest = read_manifest(plan.output)
-    ran = {f"notebooks/{name}.ipynb" for name in plan.notebooks}
-    kept = {name: entry for name, entry in manifest["artefacts"].items()
-            if isinstance(entry, dict) and entry.get("notebook") not in ran}
+    # the entries the final merge keeps: those of the notebooks outside the batch
+    kept = merge_manifests(read_manifest(plan.output), {}, plan.notebooks)["artefacts"]
     for entry in kept.values():
         for rel in entry.get("files", []):
             if (plan.output / rel).is_file():
                 _copy_atomically(plan.output / rel, staged_out / rel)
-    write_json({**manifest, "artefacts": kept}, staged_out / MANIFEST)
+    write_json({"artefacts": kept}, staged_out / MANIFEST)
 
 
 def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:

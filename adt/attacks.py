@@ -182,9 +182,10 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
             return -_feature_distance(features, target, distance).sum()
 
         start = uniform_start(xa, epsilon) if random_start else xa
-        best[active] = sign_ascent(closeness, xa, start, epsilon=epsilon, step_size=step_size,
-                                   steps=steps)
-        found[active] = misclassified(model, best[active], ya)
+        candidate = sign_ascent(closeness, xa, start, epsilon=epsilon, step_size=step_size,
+                                steps=steps)
+        best[active] = candidate
+        found[active] = misclassified(model, candidate, ya)
     return best
 
 

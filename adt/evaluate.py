@@ -256,41 +256,6 @@ def _stale_because(stored: RobustnessTable, config: dict[str, Any],
     return None
 
 
-def _cached_table(run: Run, data: ImageDataset | None, attacks: Sequence[AttackSpec],
-                  checks: SanityChecks | None, filename: str, n_examples: int | None,
-                  force: bool, strict: bool, autocast: bool, progress: bool) -> RobustnessTable:
-    """The table of ``attacks`` on the run's first ``n_examples`` test images, kept as
-    ``filename`` in the run folder and loaded instead when its configuration matches."""
-    settings = run.profile.eval
-    path = run.path / filename
-    if data is None:
-        data = load_dataset(run.profile.dataset, device=device_of(run.model))
-    n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
-    config = _config(attacks, n, checks)
-    fingerprint = run_fingerprint(run)
-    if path.is_file() and not force:
-        try:
-            stored: RobustnessTable | None = load_table(path)
-        except ValueError as err:  # not JSON, not a table: named in the message
-            stored, why = None, f"it cannot be read ({err})"
-        if stored is not None:
-            why = _stale_because(stored, config, fingerprint)
-            if why is None:
-                report(stored, strict, stacklevel=4)
-                return stored
-        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=3)
-    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
-                             sanity=checks if checks is not None else False, autocast=autocast,
-                             progress=progress)
-    table.meta.update(profile=run.profile.name, dataset=run.profile.dataset, method=run.method,
-                      seed=run.seed, run=str(run.path), config=config,
-                      run_fingerprint=fingerprint)
-    table.save(path)
-    if strict:
-        report(table, strict=True)
-    return table
-
-
 def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  sources: Mapping[str, nn.Module] | None = None, n_examples: int | None = None,
                  force: bool = False, strict: bool = False, autocast: bool = True,
@@ -304,12 +269,36 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     with a warning saying why (``force`` recomputes always). ``n_examples`` defaults to
     the profile's, capped at the test split."""
     profile = run.profile
-    epsilon = profile.train_epsilon
-    attacks = standard_attacks(profile.eval, epsilon,
+    settings, epsilon = profile.eval, profile.train_epsilon
+    attacks = standard_attacks(settings, epsilon,
                                num_classes=DATASETS[profile.dataset].num_classes, sources=sources)
-    checks = SanityChecks.from_settings(profile.eval, epsilon)
-    return _cached_table(run, data, attacks, checks, EVAL_FILE, n_examples, force, strict,
-                         autocast, progress)
+    checks = SanityChecks.from_settings(settings, epsilon)
+    path = run.path / EVAL_FILE
+    if data is None:
+        data = load_dataset(profile.dataset, device=device_of(run.model))
+    n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
+    config = _config(attacks, n, checks)
+    fingerprint = run_fingerprint(run)
+    if path.is_file() and not force:
+        try:
+            stored: RobustnessTable | None = load_table(path)
+        except ValueError as err:  # not JSON, not a table: named in the message
+            stored, why = None, f"it cannot be read ({err})"
+        if stored is not None:
+            why = _stale_because(stored, config, fingerprint)
+            if why is None:
+                report(stored, strict)
+                return stored
+        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=2)
+    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
+                             sanity=checks, autocast=autocast, progress=progress)
+    table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
+                      seed=run.seed, run=str(run.path), config=config,
+                      run_fingerprint=fingerprint)
+    table.save(path)
+    if strict:
+        report(table, strict=True)
+    return table
 
 
 def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDataset | None = None,

@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per missing local mirror folder; they are noise here
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
-.PHONY: reproduce test lint bench clean-smoke help
+.PHONY: reproduce test lint bench clean-smoke help check-fresh
 
 help:
 	@sed -n '1,5p' Makefile
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml environment.yml
 
 reproduce: $(STAMP)
 	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE) $(if $(FORCE_RETRAIN),--force-retrain)
+
+# Were the committed figures, tables and notebooks produced by the code in the tree?
+check-fresh:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m adt.pipeline --check-fresh
 
 # One pytest run: nbval executes the notebooks (smoke) first, writing their figures, tables and
 # MANIFEST.json to ADT_OUTPUT_DIR; tests/test_pipeline.py then checks those outputs, so every

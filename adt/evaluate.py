@@ -32,7 +32,15 @@ from adt._checks import check_int_at_least
 from adt.data import DATASETS, ImageDataset, load_dataset, to_float
 from adt.primitives import check_batch, correct_predictions
 from adt.profiles import Profile
-from adt.protocol import CLEAN, AttackSpec, full_autoattack, pgd_spec, plain, standard_attacks
+from adt.protocol import (
+    CLEAN,
+    AttackSpec,
+    full_autoattack,
+    pgd_spec,
+    plain,
+    standard_attacks,
+    white_box_attacks,
+)
 from adt.runs import DEFAULT_RUNS_ROOT, Run, identity_hash, run_dir, run_identity, state_hash
 from adt.runtime import autocast as bf16_autocast
 from adt.runtime import device_of, isolated_rng, preserved_modes
@@ -259,10 +267,10 @@ def _stale_because(stored: RobustnessTable, config: dict[str, Any],
 def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  sources: Mapping[str, nn.Module] | None = None, n_examples: int | None = None,
                  force: bool = False, strict: bool = False, autocast: bool = True,
-                 progress: bool = True) -> RobustnessTable:
+                 progress: bool = True, black_box: bool = True) -> RobustnessTable:
     """The robustness table of a trained run under its profile's protocol
     (:func:`~adt.protocol.standard_attacks` at the profile's epsilon, transfer attacks
-    from ``sources``), saved as ``eval.json`` in the run directory with the run's
+    from ``sources``; ``black_box=False``: the white-box rows only), saved as ``eval.json`` in the run directory with the run's
     :func:`run_fingerprint`. A stored table is loaded instead of attacking again only
     when it has the same attacks, examples and checks and was computed for this very run
     (same profile settings, method, seed, epoch and weights); otherwise it is recomputed,
@@ -270,8 +278,9 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     the profile's, capped at the test split."""
     profile = run.profile
     settings, epsilon = profile.eval, profile.train_epsilon
-    attacks = standard_attacks(settings, epsilon,
-                               num_classes=DATASETS[profile.dataset].num_classes, sources=sources)
+    num_classes = DATASETS[profile.dataset].num_classes
+    attacks = (standard_attacks(settings, epsilon, num_classes=num_classes, sources=sources)
+               if black_box else white_box_attacks(settings, epsilon, num_classes=num_classes))
     checks = SanityChecks.from_settings(settings, epsilon)
     path = run.path / EVAL_FILE
     if data is None:
@@ -310,10 +319,12 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
 
     The original AutoAttack runs only on the examples that survive A_rob (the others are
     broken already), so ``table.robust_accuracy`` minus the mean of the result is exactly
-    how much a profile's cheaper protocol overstates A_rob against the original. The run
-    is kept as ``eval_full_autoattack.json`` and reused while the survivors are the same.
+    how much a profile's cheaper protocol overstates A_rob against the original. Only the
+    first ``profile.eval.full_autoattack_examples`` examples are covered (the result has
+    that length). The run is kept as ``eval_full_autoattack.json`` and reused while the
+    survivors are the same.
     """
-    survivors = table.worst_case()
+    survivors = table.worst_case()[:run.profile.eval.full_autoattack_examples]
     index = survivors.nonzero().squeeze(1)
     out = torch.zeros_like(survivors)
     if len(index) == 0:
@@ -322,7 +333,7 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
     if data is None:
         data = load_dataset(profile.dataset, device=device_of(run.model))
     device = device_of(run.model)
-    x, y = _examples(data, table.n_examples, device)
+    x, y = _examples(data, len(survivors), device)
     attacks = [CLEAN, *full_autoattack(profile.train_epsilon,
                                        DATASETS[profile.dataset].num_classes)]
     config = {**_config(attacks, len(index), None), "examples": index.tolist()}

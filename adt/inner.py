@@ -15,6 +15,7 @@ attribute so the trainer may ramp it.
 
 - :class:`Clean`: no perturbation (standard training).
 - :class:`PGD`: AT, Eq. (1)-(2).
+- :class:`TRADES`: the TRADES baseline (Zhang et al., 2019), with its own outer loss.
 - :class:`ExplicitADT`: ADT_EXP, Eq. (8)-(11), per-example tanh-Gaussians.
 - :class:`AmortizedExplicitADT`: ADT_EXP-AM, a generator outputs (mu, v) (Sec. 3.2).
 - :class:`AmortizedImplicitADT`: ADT_IMP-AM, an implicit generator with an entropy bound (Sec. 3.3).
@@ -43,7 +44,7 @@ from adt.primitives import (
 )
 from adt.runtime import eval_mode
 
-__all__ = ["AdversarialBatch", "InnerMaximizer", "Clean", "PGD", "ExplicitADT",
+__all__ = ["AdversarialBatch", "InnerMaximizer", "Clean", "PGD", "TRADES", "ExplicitADT",
            "AmortizedExplicitADT", "AmortizedImplicitADT", "grad_reverse",
            "gradient_conditioning", "CONDITIONINGS"]
 
@@ -97,6 +98,14 @@ class InnerMaximizer(nn.Module):
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         raise NotImplementedError
 
+    def outer_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   adv: AdversarialBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's training loss on this batch (line 5 of Algorithm 1) and the
+        logits its training accuracy is read from: the mean cross-entropy on ``adv.x``, the
+        loss of every method but TRADES. ``x``/``y`` are the clean batch."""
+        logits = model(adv.x)
+        return F.cross_entropy(logits.float(), adv.y), logits
+
     def step(self) -> None:
         """Update the maximiser's own networks after the joint backward pass (if any)."""
 
@@ -138,6 +147,49 @@ class PGD(InnerMaximizer):
             x_adv = sign_ascent(lambda v: ce_sum(model(v), y), x, start, epsilon=self.epsilon,
                                 step_size=self.step_size, steps=self.steps)
         return AdversarialBatch(x_adv, y)
+
+
+def kl_to_clean(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+    """sum_i KL(p_clean_i || softmax(logits_adv_i)): TRADES's robust term, summed over the batch."""
+    return F.kl_div(F.log_softmax(logits_adv.float(), 1), p_clean, reduction="sum")
+
+
+class TRADES(InnerMaximizer):
+    """TRADES (Zhang et al., 2019), the paper's second baseline.
+
+    Inner: ``steps`` of projected sign ascent on KL(f(x) || f(x')) from
+    x' = x + 0.001 N(0, I). Outer: CE(f(x), y) + beta * KL(f(x) || f(x')) / B, so the
+    maximiser supplies its own :meth:`outer_loss`; the training accuracy is the clean one.
+    """
+
+    def __init__(self, epsilon: float, step_size: float, steps: int = 10,
+                 beta: float = 6.0) -> None:
+        super().__init__()
+        self.epsilon = check_epsilon(epsilon)
+        self.step_size = check_positive(step_size, "step_size", "epsilon / 4")
+        self.steps = check_int_at_least(steps, 1, "steps", "10")
+        self.beta = check_positive(beta, "beta", "6.0")
+
+    @property
+    def passes_per_image(self) -> int:
+        # the clean target, one per ascent step, then the clean and adversarial training passes
+        return self.steps + 3
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
+        x = x.detach()
+        start = x + 0.001 * torch.randn_like(x)
+        with eval_mode(model):
+            with torch.no_grad():
+                p_clean = F.softmax(model(x).float(), 1)
+            x_adv = sign_ascent(lambda v: kl_to_clean(model(v), p_clean), x, start,
+                                epsilon=self.epsilon, step_size=self.step_size, steps=self.steps)
+        return AdversarialBatch(x_adv, y)
+
+    def outer_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   adv: AdversarialBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        robust = kl_to_clean(model(adv.x), F.softmax(logits.float(), 1)) / len(x)
+        return F.cross_entropy(logits.float(), y) + self.beta * robust, logits
 
 
 class ExplicitADT(InnerMaximizer):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "save_torch", "write_json", "read_json"]
+__all__ = ["atomic_write", "save_torch", "write_json", "read_json", "markdown_table"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -68,3 +68,11 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats are printed as given by the caller."""
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

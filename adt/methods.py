@@ -7,6 +7,7 @@ notebooks import it.
 |--------------|------------|------------------------------------------|
 | `standard`   | Standard   | :class:`Clean`                           |
 | `pgd_at`     | AT (PGD)   | :class:`PGD`, Eq. (2)                    |
+| `trades`     | TRADES     | :class:`TRADES` (Zhang et al., 2019)     |
 | `adt_exp`    | ADT_EXP    | :class:`ExplicitADT`, Eq. (8)-(11)       |
 | `adt_exp_am` | ADT_EXP-AM | :class:`AmortizedExplicitADT`, Sec. 3.2  |
 | `adt_imp_am` | ADT_IMP-AM | :class:`AmortizedImplicitADT`, Sec. 3.3  |
@@ -21,6 +22,7 @@ from adt.data import DatasetSpec
 from adt.inner import (
     CONDITIONINGS,
     PGD,
+    TRADES,
     AmortizedExplicitADT,
     AmortizedImplicitADT,
     Clean,
@@ -31,14 +33,15 @@ from adt.inner import (
 __all__ = ["METHODS", "LABELS", "METHOD_COLORS", "MethodSettings", "build_maximizer"]
 
 #: Training methods in the order of the paper's tables.
-METHODS = ("standard", "pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
+METHODS = ("standard", "pgd_at", "trades", "adt_exp", "adt_exp_am", "adt_imp_am")
 
 #: How tables and figures name each method (the paper's names).
-LABELS = {"standard": "Standard", "pgd_at": "AT (PGD)", "adt_exp": "ADT_EXP",
+LABELS = {"standard": "Standard", "pgd_at": "AT (PGD)", "trades": "TRADES", "adt_exp": "ADT_EXP",
           "adt_exp_am": "ADT_EXP-AM", "adt_imp_am": "ADT_IMP-AM"}
 
 #: One colour per method, the same in every figure.
-METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "adt_exp": "#d62728",
+METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "trades": "#9467bd",
+                 "adt_exp": "#d62728",
                  "adt_exp_am": "#ff7f0e", "adt_imp_am": "#2ca02c"}
 
 
@@ -49,6 +52,9 @@ class MethodSettings:
 
     pgd_steps: int = 7
     pgd_step_fraction: float = 0.25  # 2/255 at epsilon 8/255
+    trades_steps: int = 10
+    trades_step_fraction: float = 0.25
+    trades_beta: float = 6.0
     adt_steps: int = 7  # T
     adt_num_samples: int = 5  # k
     adt_lambda: float = 0.01
@@ -65,6 +71,9 @@ class MethodSettings:
     def __post_init__(self) -> None:
         check_int_at_least(self.pgd_steps, 1, "pgd_steps", "7")
         check_positive(self.pgd_step_fraction, "pgd_step_fraction", "0.25")
+        check_int_at_least(self.trades_steps, 1, "trades_steps", "10")
+        check_positive(self.trades_step_fraction, "trades_step_fraction", "0.25")
+        check_positive(self.trades_beta, "trades_beta", "6.0")
         check_int_at_least(self.adt_steps, 1, "adt_steps", "7")
         check_int_at_least(self.adt_num_samples, 1, "adt_num_samples", "5")
         check_int_at_least(self.am_ngf, 1, "am_ngf", "256")
@@ -89,6 +98,9 @@ def build_maximizer(method: str, settings: MethodSettings, spec: DatasetSpec,
         return Clean(epsilon)
     if method == "pgd_at":
         return PGD(epsilon, step_size=s.pgd_step_fraction * epsilon, steps=s.pgd_steps)
+    if method == "trades":
+        return TRADES(epsilon, step_size=s.trades_step_fraction * epsilon, steps=s.trades_steps,
+                      beta=s.trades_beta)
     if method == "adt_exp":
         return ExplicitADT(epsilon, steps=s.adt_steps, num_samples=s.adt_num_samples,
                            lambda_=s.adt_lambda, lr=s.adt_lr, update=s.adt_update)

@@ -38,7 +38,9 @@ from adt.provenance import (
     PROFILE_NAMES,
     REPO_ROOT,
     TEMPORARY_PROFILES,
+    check_fresh,
     checkout_tag,
+    code_hashes,
     default_output_dir,
     merge_manifests,
     read_manifest,
@@ -333,7 +335,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
         _seed(plan, staged_out)
         timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
         record_batch(staged_out, profile=plan.profile, device=plan.device,
-                     notebook_seconds=timings)
+                     notebook_seconds=timings, code=code_hashes(plan.source, plan.notebooks))
         with _sigint_deferred(state):
             manifest_path = _install(plan, staged_out, staged_nb)
     if state.get("deferred"):
@@ -342,6 +344,20 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     print(f"[adt.pipeline] {len(read_manifest(plan.output)['artefacts'])} artefacts listed in "
           f"{manifest_path}; executed notebooks in {plan.target}")
     return manifest_path
+
+
+def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
+    problems = check_fresh(Path(output_dir) if output_dir else None,
+                           Path(notebooks_dir) if notebooks_dir else None)
+    for problem in problems:
+        print(f"[adt.pipeline] stale: {problem}")
+    if problems:
+        print(f"[adt.pipeline] {len(problems)} problem(s): the committed outputs are not those "
+              "of the code in the tree; run `make reproduce`", file=sys.stderr)
+        return 1
+    print("[adt.pipeline] fresh: every committed figure, table and notebook was produced by "
+          "the code in the tree")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,9 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks-dir", default=None,
                         help="run the notebooks of this folder instead of notebooks/")
     parser.add_argument("--force-retrain", action="store_true")
+    parser.add_argument("--check-fresh", action="store_true",
+                        help="run nothing; say whether the committed figures, tables and "
+                             "notebooks were produced by the code in the tree (exit 1 if not)")
     parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
                         help=f"names, in order (default: {' '.join(NOTEBOOKS)})")
     args = parser.parse_args(argv)
+    if args.check_fresh:
+        return _report_freshness(args.output_dir, args.notebooks_dir)
     try:
         run_pipeline(args.profile, args.device, args.output_dir, args.executed_dir,
                      args.force_retrain, tuple(args.notebooks), log_output=True,

@@ -114,6 +114,7 @@ class EvalSettings:
     # also run the original AutoAttack on seed 0 and report the gap to it (CPU profiles
     # whose AutoAttack is cheaper than the original)
     full_autoattack_reference: bool = False
+    full_autoattack_examples: int = 10_000  # the reference runs on survivors among these
     spsa_examples: int = 1000
     spsa_iterations: int = 100
     spsa_samples: int = 256
@@ -143,6 +144,7 @@ class EvalSettings:
         for name, example in (("fea_targets", "200"), ("spsa_examples", "1000"),
                               ("spsa_iterations", "100"), ("spsa_samples", "256"),
                               ("sanity_restarts", "5"), ("figure_examples", "100"),
+                              ("full_autoattack_examples", "200"),
                               ("figure_samples", "100"), ("surface_grid", "41"),
                               ("hessian_iterations", "20")):
             check_int_at_least(getattr(self, name), 1, name, example)
@@ -167,6 +169,7 @@ class Profile:
     methods: MethodSettings = field(default_factory=MethodSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     seeds: tuple[int, ...] = (0,)
+    ablation_seeds: tuple[int, ...] = (0,)  # seeds of the ablation runs (chapter 6)
     device: str = "auto"  # "auto": cuda when available, else cpu
     compile: bool = False  # torch.compile the classifier (meant for CUDA; works on any device)
     temporary_output: bool = False  # write figures to a temporary folder (smoke)
@@ -186,6 +189,10 @@ class Profile:
         if not self.seeds:
             raise ValueError("seeds=() is empty; give at least one seed, e.g. (0,)")
         _set(self, seeds=tuple(check_int_at_least(seed, 0, "seed", "0") for seed in self.seeds))
+        if not self.ablation_seeds:
+            raise ValueError("ablation_seeds=() is empty; give at least one seed, e.g. (0,)")
+        _set(self, ablation_seeds=tuple(check_int_at_least(seed, 0, "ablation seed", "0")
+                                        for seed in self.ablation_seeds))
         check_choice(self.device, ("auto", "cpu", "cuda"), "device")
         _check_model_kwargs(self.model, self.model_kwargs)
 
@@ -236,24 +243,27 @@ _SMOKE = Profile(
                       curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
                       figure_examples=4, figure_samples=8, surface_grid=5,
                       hessian_iterations=3),
-    temporary_output=True,
+    seeds=(0, 1), temporary_output=True,
 )
 
 _QUICK = Profile(
     name="quick",
-    description="every table and figure on a 2-core CPU in minutes (mnist5k, SmallCNN)",
+    description="every table and figure, 3 seeds, on a 2-core CPU within the hour "
+                "(mnist5k, SmallCNN)",
     dataset="mnist5k", model="small_cnn", model_kwargs={"width": 16, "hidden": 100},
     monitor_examples=200,
-    recipe=Recipe(epochs=8, batch_size=64, lr=0.01, lr_milestones=(6,),
-                  epsilon_warmup_epochs=4),
+    recipe=Recipe(epochs=5, batch_size=64, lr=0.01, lr_milestones=(4,),
+                  epsilon_warmup_epochs=2),
     methods=MethodSettings(am_ngf=8),
-    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=9,
-                      autoattack="cheap", square_queries=5000, full_autoattack_reference=True,
-                      spsa_examples=200, spsa_iterations=10, spsa_samples=64,
+    eval=EvalSettings(n_examples=500, batch_size=250, pgd_steps=(20, 100), fea_targets=3,
+                      autoattack="cheap", autoattack_targets=3, square_queries=1000,
+                      full_autoattack_reference=True, full_autoattack_examples=100,
+                      spsa_examples=100, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
                       curve_steps=(1, 2, 5, 10, 20, 50), figure_examples=50,
                       figure_samples=50, surface_grid=21, hessian_iterations=10),
+    seeds=(0, 1, 2),
 )
 
 _FASHION = Profile(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from adt.io import read_json, write_json
 __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPORARY_PROFILES",
            "CUDA_PROFILES", "git_commit", "checkout_tag", "default_output_dir",
            "read_manifest", "manifest_artefacts", "record_artefact", "record_batch",
-           "merge_manifests"]
+           "merge_manifests", "code_hashes", "notebook_code_hash", "file_hash",
+           "check_fresh"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "MANIFEST.json"
@@ -69,6 +71,41 @@ def default_output_dir(profile: str, temporary: bool = False) -> Path:
     return REPO_ROOT / "figures" if profile == COMMITTED_PROFILE else REPO_ROOT / "figures" / profile
 
 
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def package_hash(root: Path = REPO_ROOT) -> str:
+    """sha256 over every ``adt/**/*.py`` of the checkout (relative path and bytes, sorted):
+    the code every figure, table and executed notebook depends on."""
+    h = hashlib.sha256()
+    for path in sorted((Path(root) / "adt").rglob("*.py")):
+        h.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def notebook_code_hash(path: Path) -> str:
+    """sha256 of a notebook's code cells (their sources, in order), leaving out the cell
+    papermill injects (tag ``injected-parameters``): the same for a notebook and its
+    executed copy."""
+    cells = json.loads(Path(path).read_text()).get("cells", [])
+    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+               for c in cells if c.get("cell_type") == "code"
+               and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+
+
+def code_hashes(notebooks_dir: Path, names: Sequence[str] = (),
+                root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The hash of ``adt/`` and of the code cells of each notebook named (``NN_name``) in
+    ``notebooks_dir``."""
+    return {"adt": package_hash(root),
+            "notebooks": {name: notebook_code_hash(Path(notebooks_dir) / f"{name}.ipynb")
+                          for name in names}}
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -97,7 +134,14 @@ def record_artefact(output_dir: Path, name: str, entry: dict[str, Any]) -> None:
     """List artefact ``name`` in the output folder's manifest, stamped with the commit and
     the time (an earlier entry of the same name is replaced)."""
     manifest = read_manifest(output_dir)
-    manifest["artefacts"][name] = {**entry, "commit": git_commit(), "created": _now()}
+    code = {"adt": package_hash()}
+    notebook = entry.get("notebook")
+    if notebook and (REPO_ROOT / notebook).is_file():
+        code["notebook"] = notebook_code_hash(REPO_ROOT / notebook)
+    files = {f: file_hash(Path(output_dir) / f) for f in entry.get("files", [])
+             if (Path(output_dir) / f).is_file()}
+    manifest["artefacts"][name] = {**entry, "sha256": files, "code": code,
+                                   "commit": git_commit(), "created": _now()}
     write_json(manifest, Path(output_dir) / MANIFEST)
 
 
@@ -109,6 +153,48 @@ def record_batch(output_dir: Path, **fields: Any) -> Path:
     manifest.update({**fields, "commit": git_commit()})
     write_json(manifest, path)
     return path
+
+
+def check_fresh(output_dir: Path | None = None, notebooks_dir: Path | None = None,
+                root: Path = REPO_ROOT) -> list[str]:
+    """Why the committed outputs were not produced by the code in the tree (empty: fresh).
+
+    Fresh means: every artefact of ``output_dir/MANIFEST.json`` was made with today's
+    ``adt/`` and today's code cells of its notebook, its files are the very files it wrote;
+    every notebook of ``notebooks_dir`` was executed by the batch the manifest records, with
+    the code cells it holds now."""
+    root = Path(root)
+    output_dir = Path(output_dir) if output_dir else root / "figures"
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
+    problems: list[str] = []
+    manifest = read_manifest(output_dir)
+    current = package_hash(root)
+    batch = manifest.get("code", {})
+    if batch.get("adt") != current:
+        problems.append(f"{output_dir / MANIFEST}: the batch ran another adt/ than the tree's "
+                        "(run `make reproduce`)")
+    for path in sorted(notebooks_dir.glob("*.ipynb")):
+        recorded = batch.get("notebooks", {}).get(path.stem)
+        if recorded is None:
+            problems.append(f"{path}: not executed by the recorded batch")
+        elif recorded != notebook_code_hash(path):
+            problems.append(f"{path}: its code cells changed since it was executed")
+    for name, entry in sorted(manifest["artefacts"].items()):
+        code = entry.get("code", {})
+        if code.get("adt") != current:
+            problems.append(f"{name}: made by another adt/ than the tree's")
+        notebook = root / entry.get("notebook", "?")
+        if not notebook.is_file():
+            problems.append(f"{name}: its notebook {entry.get('notebook')} is gone")
+        elif code.get("notebook") != notebook_code_hash(notebook):
+            problems.append(f"{name}: made by other code cells of {entry.get('notebook')}")
+        for file in entry.get("files", []):
+            path = output_dir / file
+            if not path.is_file():
+                problems.append(f"{name}: {path} is missing")
+            elif entry.get("sha256", {}).get(file) != file_hash(path):
+                problems.append(f"{name}: {path} is not the file the notebook wrote")
+    return problems
 
 
 def merge_manifests(old: dict[str, Any], new: dict[str, Any],
@@ -125,5 +211,10 @@ def merge_manifests(old: dict[str, Any], new: dict[str, Any],
     seconds = {**old.get("notebook_seconds", {}), **new.get("notebook_seconds", {})}
     if seconds:
         merged["notebook_seconds"] = seconds
+    if "code" in new:  # the code hashes of the notebooks outside the batch stay
+        old_notebooks = {name: h for name, h in old.get("code", {}).get("notebooks", {}).items()
+                         if f"notebooks/{name}.ipynb" not in ran}
+        merged["code"] = {**new["code"], "notebooks": {**old_notebooks,
+                                                       **new["code"].get("notebooks", {})}}
     merged["artefacts"] = {**kept, **new.get("artefacts", {})}
     return merged

@@ -10,7 +10,7 @@ and the git commit that produced it (:mod:`adt.provenance`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 from adt.data import ImageDataset, load_dataset
 from adt.evaluate import evaluate_run
 from adt.inner import InnerMaximizer
+from adt.io import markdown_table
 from adt.methods import LABELS, build_maximizer
 from adt.profiles import Profile, get_profile
 from adt.provenance import REPO_ROOT, default_output_dir, record_artefact
@@ -35,14 +36,6 @@ PAPER: dict[str, Any] = {
     "figure1_mean_pairwise_l2": {"adt_exp": 1.95, "pgd_restarts": 1.56,
                                  "setting": "CIFAR-10, standard-trained model, 100 test images"},
 }
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; floats are printed as given by the caller."""
-    lines = ["| " + " | ".join(map(str, header)) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _short_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
@@ -114,16 +107,18 @@ class Context:
     def evaluate(self, runs: dict[str, list[Run]], progress: bool = True
                  ) -> dict[str, list[RobustnessTable]]:
         """The robustness table of every run (:func:`adt.evaluate.evaluate_run`): the
-        profile's attacks on its ``n_examples`` test images (capped at the test split),
-        transfer attacks from every other method's model of the same seed; stored tables
-        are reused."""
+        profile's white-box attacks on its ``n_examples`` test images (capped at the test
+        split) for every seed; for the first seed also the black-box rows (transfer attacks
+        from every other method's model of that seed, SPSA). Stored tables are reused."""
         tables: dict[str, list[RobustnessTable]] = {}
         for method, method_runs in runs.items():
             tables[method] = []
             for i, run in enumerate(method_runs):
+                first = i == 0
                 sources = {LABELS[o]: runs[o][i].model for o in runs if o != method}
-                tables[method].append(evaluate_run(run, self.data, sources=sources,
-                                                   force=self.force_retrain, progress=progress))
+                tables[method].append(evaluate_run(
+                    run, self.data, sources=sources if first else None, black_box=first,
+                    force=self.force_retrain, progress=progress))
         return tables
 
     def relative(self, path: Path) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -58,8 +57,7 @@ def train_step(model: nn.Module, maximizer: InnerMaximizer, optimizer: torch.opt
     maximiser's stats likewise."""
     with autocast():
         adv = maximizer(model, x, y)
-        logits = model(adv.x)
-        loss = F.cross_entropy(logits.float(), adv.y)
+        loss, logits = maximizer.outer_loss(model, x, y, adv)
         total = loss if adv.extra_loss is None else loss + adv.extra_loss
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -81,8 +79,7 @@ def train_epoch(model: nn.Module, maximizer: InnerMaximizer, optimizer: torch.op
     n_seen = 0
     n_batches = -(-len(data.x_train) // batch_size)
     batches = data.batches("train", batch_size, shuffle=True, augment=data.spec.augment,
-                           seed=seed * 1_000_003 + epoch,
-                           channels_last=data.x_train.device.type == "cuda")
+                           seed=seed * 1_000_003 + epoch, channels_last=True)
     for i, (x, y) in enumerate(tqdm(batches, total=n_batches, leave=False,
                                     desc=f"epoch {epoch + 1}", disable=not progress)):
         maximizer.epsilon = _epsilon_at(profile, epoch * n_batches + i, n_batches)

@@ -23,7 +23,7 @@ PACKAGE = ROOT / "adt"
 
 #: Modules that build on no other layer: they import only each other.
 BOTTOM = {"_checks", "io", "provenance", "runtime", "data", "models", "distributions",
-          "primitives"}
+          "primitives", "stats"}
 #: The evaluation modules: they work on any classifier, never on the trainer.
 EVALUATION = {"protocol", "sanity", "table", "evaluate"}
 

@@ -132,4 +132,4 @@ def test_replace_unknown_fields_raise() -> None:
 
 
 def test_methods_tuple() -> None:
-    assert METHODS == ("standard", "pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
+    assert METHODS == ("standard", "pgd_at", "trades", "adt_exp", "adt_exp_am", "adt_imp_am")

@@ -1,0 +1,92 @@
+"""adt.claims: seed-aggregated cells, paired comparisons of methods, the claims ledger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adt.claims import (
+    A_ROB,
+    Claim,
+    claims_markdown,
+    compare_methods,
+    equivalence_verdict,
+    format_cell,
+    per_example,
+    seed_rows,
+    white_box_columns,
+)
+from adt.stats import Interval
+from adt.table import RobustnessTable
+
+
+def table(seed: int, clean: np.ndarray, pgd: np.ndarray) -> RobustnessTable:
+    specs = [{"name": "Clean", "kind": "clean", "source": None, "settings": {}},
+             {"name": "PGD-20", "kind": "white", "source": None, "settings": {"steps": 20}}]
+    correct = torch.as_tensor(np.stack([clean, pgd]))
+    return RobustnessTable(specs, correct, [len(clean)] * 2, [0.0, 0.0], meta={"seed": seed})
+
+
+def method_tables(p_clean: float, p_pgd: float, seeds=(0, 1, 2), n=400, offset=0):
+    out = []
+    for s in seeds:
+        u = np.random.default_rng(100 + s).random(n)  # shared per seed: the same hard images
+        out.append(table(s, u < p_clean, u < p_pgd))
+    return out
+
+
+def test_a_rob_is_the_per_example_worst_case_of_clean_and_white_box_rows():
+    t = table(0, np.array([1, 1, 0, 1], bool), np.array([1, 0, 1, 1], bool))
+    assert per_example([t], A_ROB).tolist() == [[True, False, False, True]]
+    assert white_box_columns(t) == ["Clean", "PGD-20", A_ROB]
+
+
+def test_seed_rows_show_mean_std_and_interval_in_percent():
+    tables = {"a": method_tables(0.9, 0.6), "b": method_tables(0.9, 0.4)}
+    rows, summaries = seed_rows(tables, ["PGD-20"], labels={"a": "A", "b": "B"})
+    assert rows[0][0] == "A" and rows[1][0] == "B"
+    cell = summaries["a"]["PGD-20"]
+    assert cell["seeds"] == 3 and cell["examples"] == 400
+    assert rows[0][1] == format_cell(cell)
+    assert " ± " in rows[0][1] and rows[0][1].endswith("]")
+    assert cell["low"] < cell["mean"] < cell["high"]
+
+
+def test_compare_methods_pairs_by_seed_and_detects_the_better_method():
+    better, worse = method_tables(0.9, 0.6), method_tables(0.9, 0.4)
+    result = compare_methods(better, worse[::-1], "PGD-20")  # order of tables does not matter
+    assert result.verdict == "supported"
+    assert result.effect.estimate == pytest.approx(
+        per_example(better, "PGD-20").mean() - per_example(worse, "PGD-20").mean())
+    assert compare_methods(worse, better, A_ROB).verdict == "contradicted"
+
+
+def test_compare_methods_uses_only_the_shared_seeds_and_refuses_none():
+    a, b = method_tables(0.9, 0.6, seeds=(0, 1)), method_tables(0.9, 0.6, seeds=(1, 2))
+    assert compare_methods(a, b, "PGD-20").seeds == 1
+    with pytest.raises(ValueError, match="share no seed"):
+        compare_methods(method_tables(0.9, 0.6, seeds=(0,)), method_tables(0.9, 0.6, seeds=(1,)),
+                        "PGD-20")
+
+
+def test_equivalence_verdict():
+    assert equivalence_verdict(Interval(0.0, -0.02, 0.03), 0.05) == "supported"
+    assert equivalence_verdict(Interval(0.0, -0.02, 0.08), 0.05) == "inconclusive"
+    assert equivalence_verdict(Interval(0.1, 0.06, 0.14), 0.05) == "contradicted"
+    assert equivalence_verdict(Interval(1.0, 0.9, 1.2), 0.5, null=1.0) == "supported"
+    with pytest.raises(ValueError, match="margin"):
+        equivalence_verdict(Interval(0, 0, 0), 0.0)
+
+
+def test_claims_markdown_counts_verdicts_and_lists_every_claim():
+    claims = [Claim("ADT beats AT", "A_rob, 3 seeds x 500 images", "+1.0 points [-2.0, 4.0]",
+                    "inconclusive", "tab06_whitebox"),
+              Claim("ADT is k times slower", "s/epoch", "x4.4 [4.2, 4.6]", "supported",
+                    "tab03_cost", "row a")]
+    text = claims_markdown(claims, title="Claims", preamble="quick profile",
+                           provenance={"notebook": "notebooks/06_claims.ipynb"})
+    assert text.startswith("# Claims")
+    assert "1 supported, 0 contradicted, 1 inconclusive" in text
+    assert "**inconclusive**" in text and "ADT is k times slower" in text
+    assert "notebooks/06_claims.ipynb" in text

@@ -1,0 +1,84 @@
+"""`make check-fresh`: the committed outputs must be those of the code in the tree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from adt import provenance
+from adt.provenance import check_fresh, code_hashes, file_hash, notebook_code_hash
+
+
+def notebook(path: Path, code: str, output: str = "") -> None:
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# title"]},
+             {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]},
+              "source": ["profile = 'x'"], "outputs": [], "execution_count": 1},
+             {"cell_type": "code", "metadata": {}, "source": [code],
+              "outputs": [{"output_type": "stream", "name": "stdout", "text": [output]}],
+              "execution_count": 2}]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+
+
+def tree(root: Path) -> Path:
+    """A miniature checkout: adt/, notebooks/01_a.ipynb, figures/ with one fresh artefact."""
+    (root / "adt").mkdir(parents=True)
+    (root / "adt" / "core.py").write_text("X = 1\n")
+    (root / "notebooks").mkdir()
+    notebook(root / "notebooks" / "01_a.ipynb", "print(1)", "1")
+    figures = root / "figures"
+    figures.mkdir()
+    (figures / "fig.png").write_bytes(b"png")
+    manifest = {"code": code_hashes(root / "notebooks", ["01_a"], root=root),
+                "artefacts": {"fig": {
+                    "files": ["fig.png"], "notebook": "notebooks/01_a.ipynb",
+                    "sha256": {"fig.png": file_hash(figures / "fig.png")},
+                    "code": {"adt": provenance.package_hash(root),
+                             "notebook": notebook_code_hash(root / "notebooks" / "01_a.ipynb")}}}}
+    (figures / "MANIFEST.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_a_freshly_generated_tree_passes(tmp_path):
+    assert check_fresh(root=tree(tmp_path)) == []
+
+
+def test_outputs_and_injected_cells_do_not_change_a_notebooks_code_hash(tmp_path):
+    a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    notebook(a, "print(1)", "1")
+    notebook(b, "print(1)", "a different output")
+    assert notebook_code_hash(a) == notebook_code_hash(b)
+    notebook(b, "print(2)", "1")
+    assert notebook_code_hash(a) != notebook_code_hash(b)
+
+
+def test_a_change_to_the_package_makes_everything_stale(tmp_path):
+    root = tree(tmp_path)
+    (root / "adt" / "core.py").write_text("X = 2\n")
+    problems = check_fresh(root=root)
+    assert any("MANIFEST.json" in p and "adt/" in p for p in problems)
+    assert any(p.startswith("fig: made by another adt/") for p in problems)
+
+
+def test_a_changed_code_cell_is_named(tmp_path):
+    root = tree(tmp_path)
+    notebook(root / "notebooks" / "01_a.ipynb", "print('changed')", "1")
+    problems = check_fresh(root=root)
+    assert any("01_a.ipynb: its code cells changed" in p for p in problems)
+    assert any("made by other code cells" in p for p in problems)
+
+
+def test_a_replaced_or_missing_figure_is_named(tmp_path):
+    root = tree(tmp_path)
+    (root / "figures" / "fig.png").write_bytes(b"another png")
+    assert any("not the file the notebook wrote" in p for p in check_fresh(root=root))
+    (root / "figures" / "fig.png").unlink()
+    assert any("is missing" in p for p in check_fresh(root=root))
+
+
+def test_an_unexecuted_notebook_is_named(tmp_path):
+    root = tree(tmp_path)
+    shutil.copy(root / "notebooks" / "01_a.ipynb", root / "notebooks" / "02_b.ipynb")
+    assert check_fresh(root=root) == [f"{root / 'notebooks' / '02_b.ipynb'}: not executed by "
+                                      "the recorded batch"]

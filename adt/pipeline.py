@@ -50,7 +50,8 @@ from adt.provenance import (
 __all__ = ["NOTEBOOKS", "DEVICES", "run_pipeline", "plan_pipeline", "PipelinePlan",
            "PipelineError", "PipelineInterrupted", "clean_executed", "main"]
 
-NOTEBOOKS = ("01_method", "02_adt_exp", "03_amortized", "04_evaluation", "05_figures")
+NOTEBOOKS = ("01_method", "02_adt_exp", "03_amortized", "04_evaluation", "05_figures",
+             "06_claims")
 DEVICES = ("auto", "cpu", "cuda")
 _COMMITTED_NOTEBOOKS = REPO_ROOT / "notebooks"
 _COMMITTED_FIGURES = REPO_ROOT / "figures"
@@ -229,6 +230,7 @@ def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrai
     import papermill as pm
 
     timings: dict[str, float] = {}
+    os.environ["ADT_PROGRESS"] = "0"  # the kernels inherit it: no bar widgets in the outputs
     for name in plan.notebooks:
         started = time.perf_counter()
         print(f"[adt.pipeline] {name} (profile {plan.profile}, device {plan.device})",

@@ -243,7 +243,7 @@ _SMOKE = Profile(
                       curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
                       figure_examples=4, figure_samples=8, surface_grid=5,
                       hessian_iterations=3),
-    seeds=(0, 1), temporary_output=True,
+    temporary_output=True,
 )
 
 _QUICK = Profile(

@@ -9,6 +9,7 @@ and the git commit that produced it (:mod:`adt.provenance`).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,11 +95,19 @@ class Context:
         """The first ``n`` test images (floats in [0, 1]) and labels, on the device."""
         return self.data.test_tensors(n)
 
-    def train(self, method: str, seed: int | None = None, progress: bool = True) -> Run:
-        """The run of ``method``: reused when finished, resumed when interrupted, else trained."""
-        return train(self.profile, method, self.seeds[0] if seed is None else seed,
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown: yes, unless ``ADT_PROGRESS=0`` (the pipeline
+        and ``make test`` set it, so that executed notebooks hold no bar widgets)."""
+        return os.environ.get("ADT_PROGRESS", "1") != "0"
+
+    def train(self, method: str, seed: int | None = None, progress: bool = True,
+              profile: Profile | None = None) -> Run:
+        """The run of ``method``: reused when finished, resumed when interrupted, else
+        trained (under ``profile``, a variant of the context's, when given: an ablation)."""
+        return train(profile or self.profile, method, self.seeds[0] if seed is None else seed,
                      data=self.data, device=self.device, runs_root=self.runs_root,
-                     force_retrain=self.force_retrain, progress=progress)
+                     force_retrain=self.force_retrain, progress=progress and self.progress)
 
     def train_all(self, methods: Sequence[str], progress: bool = True) -> dict[str, list[Run]]:
         """Every method's run for every seed (reused, resumed or trained)."""
@@ -118,7 +127,7 @@ class Context:
                 sources = {LABELS[o]: runs[o][i].model for o in runs if o != method}
                 tables[method].append(evaluate_run(
                     run, self.data, sources=sources if first else None, black_box=first,
-                    force=self.force_retrain, progress=progress))
+                    force=self.force_retrain, progress=progress and self.progress))
         return tables
 
     def relative(self, path: Path) -> str:
@@ -168,6 +177,16 @@ class Context:
             files.append(path)
         self._record(name, files, "figure", runs, caption, n_examples, extra)
         return files
+
+    def save_document(self, name: str, text: str, *, caption: str,
+                      runs: Sequence[Run | Path] = ()) -> Path:
+        """Save a Markdown document (e.g. ``CLAIMS.md``) under the output folder and list
+        it in the manifest."""
+        path = self.output_dir / f"{name}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self._record(name, [path], "document", runs, caption, None, None)
+        return path
 
     def save_table(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *,
                    caption: str, runs: Sequence[Run | Path] = (), n_examples: int | None = None,

@@ -8,7 +8,9 @@
 - Loss surface (Figure 2a-e): :func:`loss_surface` evaluates CE(x + a g + b r) on
   a grid, g the gradient-sign direction, r a random sign direction orthogonal to g.
 - Curvature (Figure 2f): :func:`hessian_top_eigenvalue`, the dominant eigenvalue
-  of the input Hessian of the loss by power iteration with Hessian-vector products.
+  of the input Hessian of the loss by power iteration with Hessian-vector products;
+  :func:`hessian_power_iteration` also returns the iterates and convergence
+  diagnostics; :func:`paired_comparison` compares two models image by image.
 - Attack power (Table 4): :func:`distribution_robust_accuracy`, an image is robust
   against an adversarial distribution only if every one of its samples is
   classified correctly.
@@ -44,6 +46,7 @@ from adt.runtime import device_of, per_example
 
 __all__ = ["Sampler", "PCA2D", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
+           "PowerIteration", "hessian_power_iteration", "paired_comparison",
            "distribution_robust_accuracy", "tanh_gaussian_sampler", "implicit_sampler",
            "adversarial_images"]
 
@@ -233,10 +236,27 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / per_example(norms, v)
 
 
-def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                           iterations: int = 20,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dominant eigenvalue of the input Hessian of CE(f(x), y), per example (Figure 2f).
+class PowerIteration(NamedTuple):
+    """Power iteration on the input Hessian, per example (Figure 2f).
+
+    ``eigenvalue``: ``(B,)``, the Rayleigh quotient v^T H v of the last iterate.
+    ``history``: ``(iterations, B)``, the Rayleigh quotient at every iteration.
+    ``relative_change``: ``(B,)``, |last - previous| / |last| (0 for one iteration).
+    ``residual``: ``(B,)``, |H v - lambda v| / |lambda| at the last iterate: 0 when v is an
+    exact eigenvector; power iteration has converged to *an* eigenvector when it is small.
+    """
+
+    eigenvalue: torch.Tensor
+    history: torch.Tensor
+    relative_change: torch.Tensor
+    residual: torch.Tensor
+
+
+def hessian_power_iteration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                            iterations: int = 20,
+                            generator: torch.Generator | None = None) -> PowerIteration:
+    """Dominant eigenvalue of the input Hessian of CE(f(x), y), per example, with the
+    diagnostics of its convergence (Figure 2f); see :class:`PowerIteration`.
 
     "Dominant" means the eigenvalue of largest magnitude (what power iteration finds),
     returned with its sign. Power iteration v <- Hv / |Hv| from a random Gaussian
@@ -245,19 +265,53 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     batch gives every example its own HVP, because the examples do not interact (model
     in eval mode). ReLU networks have piecewise-linear logits, but the softmax keeps
     the Hessian nonzero (it is then J^T (diag(p) - p p^T) J, positive semidefinite).
-    Returns ``(B,)``. Cost: one forward, one backward with graph, ``iterations`` HVPs.
+    Cost: one forward, one backward with graph, ``iterations`` HVPs.
     """
     check_int_at_least(iterations, 1, "iterations", "20")
     x, y = _on_model_device(model, x, y)
     x = x.requires_grad_(True)
     (grad,) = torch.autograd.grad(cross_entropy(model(x), y, "sum"), x, create_graph=True)
     v = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-    estimate = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    history = []
+    hv = v
     for _ in range(iterations):
         (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)
-        estimate = (hv * v).flatten(1).sum(1)
-        v = _unit(hv)
-    return estimate.detach()
+        history.append((hv * v).flatten(1).sum(1))
+        if len(history) < iterations:
+            v = _unit(hv)
+    estimate = history[-1]
+    tiny = torch.finfo(x.dtype).tiny
+    residual = ((hv - per_example(estimate, v) * v).flatten(1).norm(dim=1)
+                / estimate.abs().clamp_min(tiny))
+    previous = history[-2] if len(history) > 1 else estimate
+    change = (estimate - previous).abs() / estimate.abs().clamp_min(tiny)
+    return PowerIteration(estimate.detach(), torch.stack(history).detach(), change.detach(),
+                          residual.detach())
+
+
+def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                           iterations: int = 20,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dominant eigenvalue of the input Hessian of CE(f(x), y), per example (Figure 2f):
+    the ``eigenvalue`` of :func:`hessian_power_iteration`. Returns ``(B,)``."""
+    return hessian_power_iteration(model, x, y, iterations=iterations,
+                                   generator=generator).eigenvalue
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Per-image comparison of two models' values ``a``, ``b`` (same images, ``(B,)``; e.g.
+    Hessian eigenvalues): means, medians, the fraction of images where ``a < b``, and the
+    median of the per-image ratio a / b (ratios of values at least ``tiny`` apart from 0)."""
+    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
+        raise ValueError(f"paired values must be two non-empty (B,) tensors of one shape; got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)} (the same images for both)")
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    tiny = torch.finfo(torch.float64).tiny
+    ratio = a.clamp_min(tiny) / b.clamp_min(tiny)
+    return {"mean_a": a.mean().item(), "mean_b": b.mean().item(),
+            "median_a": a.median().item(), "median_b": b.median().item(),
+            "fraction_a_below_b": (a < b).double().mean().item(),
+            "median_ratio": ratio.median().item(), "n": len(a)}
 
 
 # ----------------------------------------------------------------------------- Table 4

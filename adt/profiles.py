@@ -121,11 +121,16 @@ class EvalSettings:
     spsa_lr: float = 0.01  # the paper's at 8/255; scale it with epsilon on other datasets
     spsa_delta: float = 1e-3
     sanity_restarts: int = 5
-    curve_epsilon_multipliers: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    # dense where robust models' accuracy falls fastest (around and just above epsilon)
+    curve_epsilon_multipliers: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0,
+                                                    2.5, 3.0)
     curve_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
     figure_examples: int = 100  # Figure 1, Figure 2, attack power
     figure_samples: int = 100  # PGD restarts / distribution draws per example
-    surface_grid: int = 41
+    surface_grid: int = 61  # odd: the clean point is on the grid
+    # the loss surfaces span +-surface_scale * epsilon along each axis (the paper's 10 eps
+    # leaves the eps-box a small patch in the middle of a mostly clipped plane)
+    surface_scale: float = 2.0
     hessian_iterations: int = 20
 
     def __post_init__(self) -> None:
@@ -139,6 +144,7 @@ class EvalSettings:
                       *self.curve_steps):
             check_int_at_least(steps, 1, "attack steps", "20")
         for name, example in (("step_fraction", "0.25"), ("fea_step_fraction", "0.125"),
+                              ("surface_scale", "2.0"),
                               ("cw_kappa", "50"), ("spsa_lr", "0.01"), ("spsa_delta", "1e-3")):
             check_positive(getattr(self, name), name, example)
         for name, example in (("fea_targets", "200"), ("spsa_examples", "1000"),
@@ -241,8 +247,8 @@ _SMOKE = Profile(
                       autoattack_targets=2, square_queries=20, spsa_examples=8,
                       spsa_iterations=2, spsa_samples=16, sanity_restarts=2,
                       curve_epsilon_multipliers=(0.5, 1.0, 3.0), curve_steps=(1, 2, 4),
-                      figure_examples=4, figure_samples=8, surface_grid=5,
-                      hessian_iterations=3),
+                      figure_examples=4, figure_samples=8, surface_grid=9,
+                      hessian_iterations=4),
     temporary_output=True,
 )
 
@@ -260,9 +266,12 @@ _QUICK = Profile(
                       full_autoattack_reference=True, full_autoattack_examples=100,
                       spsa_examples=100, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
-                      curve_epsilon_multipliers=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+                      # standard and amortised models fall between 0.1 and 0.75 eps, AT
+                      # and ADT_EXP between 1 and 1.5 eps: points every eps/8 there
+                      curve_epsilon_multipliers=(0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875,
+                                                 1.0, 1.125, 1.25, 1.375, 1.5, 2.0),
                       curve_steps=(1, 2, 5, 10, 20, 50), figure_examples=50,
-                      figure_samples=50, surface_grid=21, hessian_iterations=10),
+                      figure_samples=50, surface_grid=41, hessian_iterations=20),
     seeds=(0, 1, 2),
 )
 

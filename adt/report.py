@@ -9,7 +9,9 @@ and the git commit that produced it (:mod:`adt.provenance`).
 
 from __future__ import annotations
 
+import inspect
 import os
+import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +32,44 @@ from adt.runtime import resolve_device
 from adt.table import RobustnessTable
 from adt.train import train
 
-__all__ = ["PAPER", "Context", "markdown_table", "set_style"]
+__all__ = ["PAPER", "Context", "markdown_table", "plain_text", "set_style", "show_source"]
 
 #: Numbers the paper reports, where REPRODUCTION.md records them (shown beside ours).
 PAPER: dict[str, Any] = {
     "figure1_mean_pairwise_l2": {"adt_exp": 1.95, "pgd_restarts": 1.56,
                                  "setting": "CIFAR-10, standard-trained model, 100 test images"},
 }
+
+
+def plain_text(text: str) -> str:
+    """``text`` without Markdown backticks, for matplotlib titles and labels."""
+    return text.replace("`", "")
+
+
+def show_source(*objects: Any) -> Any:
+    """The package source of functions, methods or classes as one Markdown code block each,
+    headed by the qualified name (read with :func:`inspect.getsource`, never copied), so a
+    chapter shows the code next to the equation it implements."""
+    from IPython.display import Markdown
+
+    blocks = []
+    for obj in objects:
+        target = inspect.unwrap(getattr(obj, "fget", obj))  # properties show their getter
+        module = inspect.getmodule(target)
+        name = f"{module.__name__ if module else '?'}.{target.__qualname__}"
+        source = textwrap.dedent(inspect.getsource(target)).rstrip()
+        blocks.append(f"`{name}`\n\n```python\n{source}\n```")
+    return Markdown("\n\n".join(blocks))
+
+
+def _plain_titles(fig: Any) -> None:
+    """Strip Markdown backticks from every text of a figure (titles, labels, legends)."""
+    from matplotlib.text import Text
+
+    for artist in fig.findobj(Text):
+        text = artist.get_text()
+        if "`" in text:
+            artist.set_text(plain_text(text))
 
 
 def _short_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
@@ -142,8 +175,10 @@ class Context:
         return path.name
 
     # ------------------------------------------------------------------ provenance
-    def describe(self, n_examples: int | None = None, methods: Sequence[str] | None = None) -> str:
-        """One line stating the profile, dataset, model, seeds and test examples."""
+    def describe(self, n_examples: int | None = None, methods: Sequence[str] | None = None,
+                 markdown: bool = True) -> str:
+        """One line stating the profile, dataset, model, seeds and test examples (Markdown;
+        ``markdown=False`` for figure titles: no backticks)."""
         p = self.profile
         kwargs = ", ".join(f"{k}={v}" for k, v in p.model_kwargs.items())
         parts = [f"profile `{p.name}`", f"dataset `{p.dataset}` (eps = {self.epsilon:.4g})",
@@ -152,7 +187,8 @@ class Context:
             parts.append("methods " + ", ".join(LABELS[m] for m in methods))
         if n_examples is not None:
             parts.append(f"{n_examples} test examples")
-        return " · ".join(parts)
+        line = " · ".join(parts)
+        return line if markdown else plain_text(line)
 
     def _record(self, name: str, files: list[Path], kind: str, runs: Sequence[Run | Path],
                 caption: str, n_examples: int | None, extra: dict[str, Any] | None) -> None:
@@ -167,7 +203,11 @@ class Context:
 
     def save_figure(self, fig: Any, name: str, *, caption: str, runs: Sequence[Run | Path] = (),
                     n_examples: int | None = None, extra: dict[str, Any] | None = None) -> list[Path]:
-        """Save ``fig`` as PNG and PDF under the output folder and list it in the manifest."""
+        """Save ``fig`` as PNG and PDF under the output folder and list it in the manifest.
+
+        Figure texts are plain text: Markdown backticks (e.g. from :meth:`describe`) are
+        removed from every title, label and legend before saving."""
+        _plain_titles(fig)
         files = []
         for ext in ("png", "pdf"):
             path = self.output_dir / f"{name}.{ext}"

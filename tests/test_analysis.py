@@ -13,10 +13,12 @@ from torch import nn
 
 from adt.analysis import (
     distribution_robust_accuracy,
+    hessian_power_iteration,
     hessian_top_eigenvalue,
     implicit_sampler,
     loss_surface,
     mean_pairwise_l2,
+    paired_comparison,
     pca_2d,
     pgd_restarts,
     tanh_gaussian_sampler,
@@ -195,6 +197,38 @@ def test_hessian_top_eigenvalue_relu_conv_net() -> None:
     expected = explicit_dominant_eigenvalue(model, x, y)
     assert (expected > 0).all()  # J^T (diag p - p p^T) J: nonzero and PSD despite ReLU
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-9)
+
+
+def test_hessian_power_iteration_reports_convergence() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double().eval()
+    x = torch.rand(5, 1, 2, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    short = hessian_power_iteration(model, x, y, iterations=2,
+                                    generator=torch.Generator().manual_seed(0))
+    long = hessian_power_iteration(model, x, y, iterations=300,
+                                   generator=torch.Generator().manual_seed(0))
+    assert long.history.shape == (300, 5) and short.history.shape == (2, 5)
+    torch.testing.assert_close(long.eigenvalue, long.history[-1])
+    torch.testing.assert_close(long.eigenvalue, explicit_dominant_eigenvalue(model, x, y),
+                               rtol=1e-3, atol=1e-9)
+    # converged: the last iterate is an eigenvector; after 2 steps it is not yet
+    assert (long.residual < 1e-3).all() and (long.relative_change < 1e-6).all()
+    assert short.residual.max() > long.residual.max()
+    torch.testing.assert_close(hessian_top_eigenvalue(model, x, y, iterations=2,
+                                                      generator=torch.Generator().manual_seed(0)),
+                               short.eigenvalue)
+
+
+def test_paired_comparison() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    b = torch.tensor([2.0, 1.0, 6.0, 1.0])
+    out = paired_comparison(a, b)
+    assert out["fraction_a_below_b"] == 0.5
+    assert out["mean_a"] == pytest.approx(26.5) and out["median_a"] == 2.0  # lower median
+    assert out["median_ratio"] == pytest.approx(0.5)  # ratios 0.5, 2, 0.5, 100: lower median
+    with pytest.raises(ValueError, match="same images"):
+        paired_comparison(a, b[:3])
 
 
 # ----------------------------------------------------------------------------- Table 4

@@ -40,7 +40,7 @@ check-fresh:
 # notebook executes once per `make test`.
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
-	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_OUTPUT_DIR=$$out $(PY) -m pytest -q -p no:cacheprovider \
+	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PY) -m pytest -q -p no:cacheprovider \
 		--nbval-current-env --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		notebooks/ tests/; status=$$?; rm -rf $$out; exit $$status
 

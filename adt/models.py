@@ -9,14 +9,13 @@ model) and return logits. Their penultimate features are read through one hook,
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "NoiseMap", "Encoder", "MODELS",
-           "build_model", "penultimate_features", "load_official_checkpoint"]
+           "build_model", "penultimate_features"]
 
 
 class SmallCNN(nn.Module):
@@ -294,45 +293,3 @@ def penultimate_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
         handle.remove()
     return captured[-1].flatten(1), logits
 
-
-def load_official_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> WideResNet:
-    """A WideResNet holding the weights of a ``.pt`` file of the ADT release.
-
-    Accepts a bare ``state_dict`` or one wrapped under ``state_dict``/``model``, with
-    or without the ``module.`` prefix of ``nn.DataParallel``; depth, width and number
-    of classes are read from the tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give the path of a released "
-                                ".pt file (e.g. data/checkpoints/adt_exp_cifar10.pt)")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read {path} as a PyTorch checkpoint ({err}); the file is "
-                         "truncated or of another format: download it again") from err
-    state = blob
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if isinstance(state, dict):
-        state = {str(k).removeprefix("module."): v for k, v in state.items()}
-    required = ("conv1.weight", "block1.layer.0.conv1.weight", "fc.weight")
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        raise ValueError(f"{path} holds no WideResNet state_dict of the release layout (keys "
-                         f"{', '.join(required)} expected); is it a checkpoint of another model?")
-    n = len({k.split(".")[2] for k in state if k.startswith("block1.layer.")})
-    widen = state["block1.layer.0.conv1.weight"].shape[0] // 16
-    model = WideResNet(depth=6 * n + 4, widen_factor=widen,
-                       num_classes=state["fc.weight"].shape[0],
-                       in_channels=state["conv1.weight"].shape[1])
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # tensors of the wrong shape
-        raise ValueError(f"{path} does not match WRN-{6 * n + 4}-{widen}: {str(err)[:300]}; it is "
-                         "not a checkpoint of the release's WideResNet") from err
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match WRN-{6 * n + 4}-{widen}: missing keys "
-                         f"{missing[:5]}, unexpected keys {unexpected[:5]}; it is not a checkpoint "
-                         "of the release's WideResNet")
-    return model.eval()

@@ -129,7 +129,8 @@ def state_hash(module: nn.Module) -> str:
             continue
         value = value.detach().cpu().contiguous()
         h.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) has no byte view
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return h.hexdigest()
 
 

@@ -26,6 +26,8 @@ BOTTOM = {"_checks", "io", "provenance", "runtime", "data", "models", "distribut
           "primitives", "stats"}
 #: The evaluation modules: they work on any classifier, never on the trainer.
 EVALUATION = {"protocol", "sanity", "table", "evaluate"}
+#: Reading checkpoints of any origin: files and models only, never attacks or training.
+CHECKPOINTS = {"data", "models", "runs"}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -102,7 +104,8 @@ def f():
 
 def test_every_named_module_exists() -> None:
     named = BOTTOM | EVALUATION | {"inner", "attacks", "analysis", "train", "methods",
-                                   "profiles", "runs", "report", "pipeline", "plots", "bench"}
+                                   "profiles", "runs", "report", "pipeline", "plots", "bench",
+                                   "checkpoints"}
     assert named <= set(GRAPH), named - set(GRAPH)
 
 
@@ -120,6 +123,12 @@ def test_inner_maximisers_and_attacks_are_independent() -> None:
 def test_evaluation_never_imports_the_trainer() -> None:
     for module in sorted(EVALUATION):
         assert "train" not in GRAPH[module], module
+
+
+def test_checkpoints_are_read_below_the_evaluation() -> None:
+    assert GRAPH["checkpoints"] <= CHECKPOINTS, GRAPH["checkpoints"] - CHECKPOINTS
+    assert "checkpoints" in GRAPH["evaluate"]
+    assert _importers("checkpoints") <= EVALUATION | {"report"}, _importers("checkpoints")
 
 
 def test_methods_profiles_and_the_launcher() -> None:

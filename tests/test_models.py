@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +12,6 @@ from adt.models import (
     SmallCNN,
     WideResNet,
     build_model,
-    load_official_checkpoint,
     penultimate_features,
 )
 
@@ -163,70 +160,3 @@ def test_wide_resnet_computes_the_release_block() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x), _reference_wrn_forward(model.state_dict(), x, 2),
                                    rtol=1e-5, atol=1e-5)
-
-
-# ----------------------------------------------------------------------------- load_official_checkpoint
-
-
-@pytest.fixture(scope="module")
-def wrn_and_input() -> tuple[WideResNet, torch.Tensor]:
-    torch.manual_seed(1)
-    return _randomise_bn(WideResNet(depth=16, widen_factor=2, num_classes=7)), torch.rand(4, 3, 32, 32)
-
-
-@pytest.mark.parametrize("wrap", ["bare", "module_prefix", "state_dict", "state_dict_module",
-                                  "model"])
-def test_load_official_checkpoint_round_trip(tmp_path: Path, wrap: str,
-                                             wrn_and_input: tuple[WideResNet, torch.Tensor]) -> None:
-    model, x = wrn_and_input
-    sd = model.state_dict()
-    prefixed = {f"module.{k}": v for k, v in sd.items()}
-    blob = {"bare": sd, "module_prefix": prefixed, "state_dict": {"state_dict": sd, "epoch": 76},
-            "state_dict_module": {"state_dict": prefixed}, "model": {"model": sd}}[wrap]
-    path = tmp_path / "release.pt"
-    torch.save(blob, path)
-    loaded = load_official_checkpoint(path)
-    assert isinstance(loaded, WideResNet) and not loaded.training
-    assert len(loaded.block1.layer) == 2  # depth 16 read from the tensors
-    assert loaded.fc.in_features == 128 and loaded.fc.out_features == 7  # width 2, 7 classes
-    assert loaded.conv1.in_channels == 3
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-    for k, v in loaded.state_dict().items():
-        assert torch.equal(v, sd[k]), k
-
-
-def test_load_official_checkpoint_reads_depth_width_classes(tmp_path: Path) -> None:
-    model = WideResNet(depth=10, widen_factor=1, num_classes=100)
-    torch.save(model.state_dict(), tmp_path / "c100.pt")
-    loaded = load_official_checkpoint(tmp_path / "c100.pt")
-    assert len(loaded.block1.layer) == 1 and loaded.fc.in_features == 64
-    assert loaded.fc.out_features == 100
-
-
-def test_load_official_checkpoint_truncated(tmp_path: Path,
-                                            wrn_and_input: tuple[WideResNet, torch.Tensor]) -> None:
-    path = tmp_path / "cut.pt"
-    torch.save(wrn_and_input[0].state_dict(), path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError) as info:
-        load_official_checkpoint(path)
-    assert str(path) in str(info.value)
-
-
-@pytest.mark.parametrize("other", ["small_cnn", "preact_resnet18", "not_a_dict"])
-def test_load_official_checkpoint_of_another_model(tmp_path: Path, other: str) -> None:
-    path = tmp_path / f"{other}.pt"
-    blob = {"small_cnn": lambda: SmallCNN(width=4, hidden=8).state_dict(),
-            "preact_resnet18": lambda: PreActResNet18().state_dict(),
-            "not_a_dict": lambda: [torch.zeros(3)]}[other]()
-    torch.save(blob, path)
-    with pytest.raises(ValueError) as info:
-        load_official_checkpoint(path)
-    assert str(path) in str(info.value)
-
-
-def test_load_official_checkpoint_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_official_checkpoint(tmp_path / "nope.pt")

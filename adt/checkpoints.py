@@ -1,0 +1,303 @@
+"""Classifier checkpoints of any origin: the authors' released models and our runs.
+
+:func:`load_checkpoint` reads a ``.pt`` file (or a run folder) and returns the classifier
+it holds, its architecture read from the tensors' names and shapes
+(:func:`infer_architecture`):
+
+* a WideResNet in the release's layout (REPRODUCTION.md, "Checkpoint layout of the
+  release"): depth 6n + 4 from the n blocks per stage, widen factor k from the first
+  stage's width 16k, the classes from ``fc``; the unused ``sub_block1`` copy is ignored;
+* our PreActResNet18 and SmallCNN.
+
+A released file may be a bare ``state_dict`` or one wrapped under ``state_dict``,
+``model``, ``net`` or ``model_state_dict``, its keys with the ``module.`` prefix of
+``nn.DataParallel``; our runs' ``checkpoint.pt`` (:mod:`adt.runs`) is recognised by its
+format and its identity (profile, method, seed) kept. :func:`released_models` says
+whether the release's files (``<data root>/release/*.pt``) and CIFAR-10 are on disk,
+and what to download where when they are not.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adt.data import DATASETS, DatasetNotFoundError, load_dataset
+from adt.models import MODELS
+from adt.runs import CHECKPOINT
+
+__all__ = ["Architecture", "LoadedCheckpoint", "ReleaseStatus", "RELEASE_FOLDER", "SUPPORTED",
+           "read_state_dict", "infer_architecture", "load_checkpoint", "released_models"]
+
+#: Where under the data root the release's files go.
+RELEASE_FOLDER = "release"
+#: The release's repository (its README links the trained models).
+RELEASE_REPOSITORY = "https://github.com/thudzj/ADT"
+SUPPORTED = ("WideResNet in the release's layout (conv1, block1-3.layer.i, bn1, fc; any "
+             "depth 6n+4 and widen factor), PreActResNet18 and SmallCNN of adt.models")
+_WRAPPERS = ("state_dict", "model", "net", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel, torch.compile
+
+
+def _download_hint(root: Path | str = "data", runs: bool = True) -> str:
+    folder = Path(root) / RELEASE_FOLDER
+    hint = (f"download the authors' released CIFAR-10 models (ADT_EXP, ADT_EXP-AM, ADT_IMP-AM, "
+            f"the .pt files linked from {RELEASE_REPOSITORY}) into {folder}/ (any names ending "
+            f"in .pt, e.g. {folder}/adt_exp.pt)")
+    return hint + (f", or pass a run folder of this artifact (data/runs/<profile>/<dataset>/"
+                   f"<method>-seed<k>) or its {CHECKPOINT}" if runs else "")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A classifier of :data:`adt.models.MODELS`: its registry name and constructor
+    arguments (``kwargs``: depth and widen_factor, or width, hidden and image_size)."""
+
+    model: str
+    in_channels: int
+    num_classes: int
+    kwargs: Mapping[str, int] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        return MODELS[self.model](in_channels=self.in_channels, num_classes=self.num_classes,
+                                  **self.kwargs)
+
+    def __str__(self) -> str:
+        name = {"wrn": lambda: f"WRN-{self.kwargs['depth']}-{self.kwargs['widen_factor']}",
+                "preact_resnet18": lambda: "PreActResNet18",
+                "small_cnn": lambda: (f"SmallCNN(width={self.kwargs['width']}, "
+                                      f"hidden={self.kwargs['hidden']})")}[self.model]()
+        return f"{name}, {self.num_classes} classes, {self.in_channels} input channels"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A classifier read from ``path`` (in eval mode): its architecture, the layout of the
+    file ("release" or "run") and what the file says about it (a run's profile, method,
+    seed, dataset and epoch)."""
+
+    path: Path
+    model: nn.Module
+    architecture: Architecture
+    layout: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _unwrap(blob: Any) -> Any:
+    while isinstance(blob, Mapping):
+        inner = next((blob[k] for k in _WRAPPERS if isinstance(blob.get(k), Mapping)), None)
+        if inner is None:
+            break
+        blob = inner
+    return blob
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The classifier's ``state_dict`` in ``path`` (a ``.pt`` file or a run folder) with
+    the prefixes of DataParallel and torch.compile removed, and what the file says about
+    the run (empty for a released file; ``layout`` says which kind the file is).
+
+    Released files are read with ``weights_only=True``; only a file named
+    ``checkpoint.pt`` (our runs', which also hold RNG states) falls back to full
+    unpickling, so trust such files only from this artifact."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{path} is a folder without a {CHECKPOINT}; pass a run folder "
+                                    f"of this artifact or a .pt file: {_download_hint()}")
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; {_download_hint()}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if path.name != CHECKPOINT:
+            raise ValueError(f"{path} holds Python objects besides tensors, so it is not read "
+                             f"(only plain state_dicts are, for safety: {err}); save the "
+                             "model's state_dict alone with torch.save(model.state_dict(), "
+                             "path)") from err
+        blob = _load(path, weights_only=False)
+    except Exception as err:  # truncated, not a torch file
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: "
+                         f"{err}); the file is truncated or of another format: download it "
+                         "again") from err
+    meta: dict[str, Any] = {"layout": "release"}
+    if isinstance(blob, Mapping) and "identity" in blob and "format" in blob:
+        identity = blob["identity"]
+        meta = {"layout": "run", "epoch": blob.get("epoch"),
+                **{k: identity.get(k) for k in ("profile", "dataset", "method", "seed")}}
+    state = _unwrap(blob)
+    if not isinstance(state, Mapping) or not state or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        found = (f"a dict with keys {sorted(map(str, state))[:8]}" if isinstance(state, Mapping)
+                 else f"a {type(state).__name__}")
+        raise ValueError(f"{path} holds no state_dict of tensors (found {found}); supported: a "
+                         f"state_dict, bare or under one of {list(_WRAPPERS)}, of a {SUPPORTED}")
+    return {_strip(str(k)): v for k, v in state.items()}, {**meta, "path": str(path)}
+
+
+def _load(path: Path, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: "
+                         f"{err}); the file is truncated or of another format") from err
+
+
+def _stage_depth(state: Mapping[str, torch.Tensor], stage: str) -> int:
+    return len({k.split(".")[2] for k in state if k.startswith(f"{stage}.layer.")})
+
+
+def _found(state: Mapping[str, torch.Tensor]) -> str:
+    """What a state_dict of an unknown model holds: its top-level modules and a few keys."""
+    tops = sorted({k.split(".")[0] for k in state})
+    guess = (" (a torchvision-style ResNet?)" if {"layer1", "fc"} <= set(tops)
+             else " (a ViT?)" if any("attn" in k for k in state) else "")
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(state.items())[:4])
+    return f"{len(state)} tensors under modules {', '.join(tops[:12])}{guess}; first: {shapes}"
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor],
+                       image_size: int | None = None) -> Architecture:
+    """The architecture of a classifier's ``state_dict`` (prefixes stripped), read from
+    its tensors' names and shapes; ``image_size`` (a SmallCNN's input side, which its
+    tensors fix only up to rounding) defaults to the smallest that fits."""
+    if {"conv1.weight", "block1.layer.0.conv1.weight", "fc.weight"} <= set(state):
+        n = _stage_depth(state, "block1")
+        width = state["block1.layer.0.conv1.weight"].shape[0]
+        depths = {_stage_depth(state, s) for s in ("block1", "block2", "block3")}
+        if len(depths) != 1 or width % 16 or state["conv1.weight"].shape[0] != 16:
+            raise ValueError(f"a WideResNet-like state_dict that is not the release's layout: "
+                             f"blocks per stage {sorted(depths)}, first-stage width {width} "
+                             f"(expected equal counts and a multiple of 16, a stem of 16 "
+                             f"channels); supported: {SUPPORTED}")
+        return Architecture("wrn", state["conv1.weight"].shape[1], state["fc.weight"].shape[0],
+                            {"depth": 6 * n + 4, "widen_factor": width // 16})
+    if "layers.0.0.conv1.weight" in state and "bn.weight" in state and "fc.weight" in state:
+        return Architecture("preact_resnet18", state["conv1.weight"].shape[1],
+                            state["fc.weight"].shape[0])
+    if "features.0.weight" in state and "classifier.4.weight" in state:
+        w, hidden = state["features.0.weight"].shape[0], state["classifier.0.weight"].shape[0]
+        side = round((state["classifier.0.weight"].shape[1] / (2 * w)) ** 0.5)
+        if image_size is None or ((image_size - 4) // 2 - 4) // 2 != side:
+            image_size = 4 * side + 12
+        return Architecture("small_cnn", state["features.0.weight"].shape[1],
+                            state["classifier.4.weight"].shape[0],
+                            {"width": w, "hidden": hidden, "image_size": image_size})
+    raise ValueError(f"the checkpoint's architecture is not supported: found {_found(state)}. "
+                     f"Supported: {SUPPORTED}. Evaluate another model from Python with "
+                     "adt.evaluate.robustness_table(model, data, attacks)")
+
+
+def _check_dataset(arch: Architecture, dataset: str, path: Path) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    spec = DATASETS[dataset]
+    if arch.num_classes != spec.num_classes:
+        fitting = [n for n, s in DATASETS.items() if s.num_classes == arch.num_classes]
+        raise ValueError(f"{path} holds a classifier of {arch.num_classes} classes ({arch}), but "
+                         f"dataset {dataset!r} has {spec.num_classes}; pass the dataset it was "
+                         f"trained on ({', '.join(fitting) or f'one with {arch.num_classes} classes'})")
+    channels, side = spec.image_shape[0], spec.image_shape[1]
+    fits_side = arch.model != "small_cnn" or arch.kwargs["image_size"] == side
+    if arch.in_channels != channels or not fits_side:
+        raise ValueError(f"{path} holds a classifier of {arch} for other images than "
+                         f"{dataset!r}'s {spec.image_shape}; pass the dataset it was trained on")
+
+
+def load_checkpoint(path: str | Path, dataset: str | None = None, *,
+                    device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """The classifier in ``path`` (a released ``.pt`` file, our ``checkpoint.pt`` or a run
+    folder) on ``device``, in eval mode. With ``dataset``, its classes and input shape
+    must be the dataset's (a ValueError names both otherwise)."""
+    state, meta = read_state_dict(path)
+    path = Path(meta.pop("path"))
+    image_size = DATASETS[dataset].image_shape[1] if dataset in DATASETS else None
+    try:
+        arch = infer_architecture(state, image_size)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if dataset is not None:
+        _check_dataset(arch, dataset, path)
+    if arch.model == "wrn":  # the release's unused copy of block1: ours mirrors block1
+        state = {k: v for k, v in state.items() if not k.startswith("sub_block1.")}
+        state.update({"sub_block1" + k[len("block1"):]: v for k, v in list(state.items())
+                      if k.startswith("block1.")})
+    model = arch.build()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors
+        raise ValueError(f"{path} does not match {arch} read from its shapes: "
+                         f"{str(err)[:400]}; supported: {SUPPORTED}") from err
+    if not all(bool(t.isfinite().all()) for t in model.state_dict().values()
+               if t.is_floating_point()):
+        raise ValueError(f"{path} holds non-finite weights (NaN or inf); download it again, or "
+                         "retrain the run")
+    return LoadedCheckpoint(path, model.to(device).eval(), arch, meta.pop("layout"), meta)
+
+
+@dataclass(frozen=True)
+class ReleaseStatus:
+    """What :func:`released_models` found: the release's files under ``root/release/``
+    and whether CIFAR-10 is on disk (``dataset_missing``: the loader's message saying
+    what to fetch, or None)."""
+
+    root: Path
+    files: tuple[Path, ...]
+    dataset_missing: str | None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.files) and self.dataset_missing is None
+
+    def summary(self, relative_to: str | Path | None = None) -> str:
+        """Markdown: what is there, and exactly what to download where when not; paths
+        are shown relative to ``relative_to`` (e.g. the repository root) when given."""
+        root = self.root
+        if relative_to is not None and root.is_relative_to(relative_to):
+            root = root.relative_to(relative_to)
+        folder = root / RELEASE_FOLDER
+        lines = []
+        if self.files:
+            lines.append(f"Released models found in `{folder}/`: "
+                         + ", ".join(f"`{f.name}`" for f in self.files) + ".")
+        else:
+            lines.append(f"No released models in `{folder}/`: "
+                         f"{_download_hint(root, runs=False)}.")
+        if self.dataset_missing is None:
+            lines.append(f"CIFAR-10 is present in `{root}/`.")
+        else:
+            lines.append("CIFAR-10 is missing: "
+                         + self.dataset_missing.replace(str(self.root), str(root)))
+        return "\n\n".join(lines)
+
+
+def released_models(root: str | Path = "data") -> ReleaseStatus:
+    """The release's files (``root/release/*.pt``, sorted) and whether CIFAR-10 is present
+    under ``root`` (checked from its files, without reading them)."""
+    root = Path(root)
+    files = tuple(sorted((root / RELEASE_FOLDER).glob("*.pt")))
+    spec = DATASETS["cifar10"]
+    missing = None
+    if not all((root / spec.folder / f).is_file() for f in spec.files):
+        try:  # fails at once, with the loader's own instructions
+            load_dataset("cifar10", root=root)
+        except DatasetNotFoundError as err:
+            missing = str(err)
+    return ReleaseStatus(root, files, missing)

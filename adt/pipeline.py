@@ -71,16 +71,25 @@ def clean_executed(path: str | Path) -> None:
     Papermill adds a cell with the injected parameters: it is dropped, so the notebook's
     own ``parameters`` cell (whose defaults read ``ADT_PROFILE`` etc.) rules when it runs
     again; the profile that produced the outputs stays in the metadata and in every
-    figure's caption. Absolute paths and per-cell timings are removed from the metadata.
+    figure's caption. Absolute paths, per-cell timings and widget state are removed from
+    the metadata, and the execution counts are renumbered 1, 2, ... in order.
     """
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     nb.cells = [c for c in nb.cells
                 if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    count = 0
     for c in nb.cells:
         c.get("metadata", {}).pop("papermill", None)
         c.get("metadata", {}).pop("execution", None)
+        if c.get("cell_type") == "code" and c.get("execution_count") is not None:
+            count += 1  # consecutive again once the injected cell is gone
+            c["execution_count"] = count
+            for output in c.get("outputs", []):
+                if "execution_count" in output:
+                    output["execution_count"] = count
+    nb.metadata.pop("widgets", None)  # progress-bar widget state: noise in a static viewer
     meta = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path", "start_time", "end_time", "duration"):
         meta.pop(key, None)

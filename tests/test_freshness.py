@@ -82,3 +82,28 @@ def test_an_unexecuted_notebook_is_named(tmp_path):
     shutil.copy(root / "notebooks" / "01_a.ipynb", root / "notebooks" / "02_b.ipynb")
     assert check_fresh(root=root) == [f"{root / 'notebooks' / '02_b.ipynb'}: not executed by "
                                       "the recorded batch"]
+
+
+def test_clean_executed_drops_the_injected_cell_renumbers_and_drops_widget_state(tmp_path):
+    import nbformat
+
+    from adt.pipeline import clean_executed
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("profile = 'quick'", metadata={"tags": ["parameters"]},
+                                  execution_count=1),
+        nbformat.v4.new_code_cell("profile = 'smoke'",
+                                  metadata={"tags": ["injected-parameters"]}, execution_count=2),
+        nbformat.v4.new_markdown_cell("text"),
+        nbformat.v4.new_code_cell("1 + 1", execution_count=3, outputs=[
+            nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=3)])])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    clean_executed(path)
+    cleaned = nbformat.read(path, as_version=4)
+    code = [c for c in cleaned.cells if c.cell_type == "code"]
+    assert [c.source for c in code] == ["profile = 'quick'", "1 + 1"]
+    assert [c.execution_count for c in code] == [1, 2]
+    assert code[1].outputs[0]["execution_count"] == 2
+    assert "widgets" not in cleaned.metadata

@@ -1,6 +1,6 @@
 """The notebooks' outputs under the smoke profile, and the papermill pipeline's mechanics.
 
-`make test` runs the five notebooks once, under nbval, in the same pytest session and
+`make test` runs the six notebooks once, under nbval, in the same pytest session and
 before this module (``ADT_PROFILE=smoke ADT_OUTPUT_DIR=<tmp> pytest ... notebooks/ tests/``):
 the artefact checks read what that run left in ``$ADT_OUTPUT_DIR``. Run alone (no such
 folder), the fixture runs the pipeline under smoke itself. The pipeline's own work
@@ -44,7 +44,7 @@ def _notebooks_of(manifest: dict) -> set[str]:
 
 def nbval_output_dir() -> Path | None:
     """The output folder of this session's nbval run of the notebooks under smoke (`make
-    test`), when its manifest lists artefacts of all five notebooks; else None."""
+    test`), when its manifest lists artefacts of all six notebooks; else None."""
     out = os.environ.get("ADT_OUTPUT_DIR")
     if os.environ.get("ADT_PROFILE") != "smoke" or not out:
         return None

@@ -41,7 +41,7 @@ check-fresh:
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
 	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PY) -m pytest -q -p no:cacheprovider \
-		--nbval-current-env --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--nbval-current-env --nbval-lax \
 		notebooks/ tests/; status=$$?; rm -rf $$out; exit $$status
 
 lint: $(STAMP)

@@ -452,7 +452,10 @@ def test_every_method_runs_a_train_step(method, dataset):
                                                       strict=True))
     for p in maximizer.parameters():
         assert torch.isfinite(p).all()
-    # the inner problem is solved in eval mode, the training forward pass is in train mode
-    assert model.modes[-1] and not any(model.modes[:-1])
+    # the inner problem is solved in eval mode, the training forward passes (one; two for
+    # TRADES, clean and adversarial) are in train mode
+    first_train = model.modes.index(True)
+    assert all(model.modes[first_train:]) and not any(model.modes[:first_train])
+    assert len(model.modes) - first_train == (2 if method == "trades" else 1)
     assert model.sizes[-1] == len(y)
     assert model.training

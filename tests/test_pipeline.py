@@ -113,7 +113,11 @@ def test_every_manifest_artefact_exists_with_provenance(smoke: Smoke) -> None:
         assert entry["profile"] == "smoke" and entry["commit"]
         assert "caption" in entry and "runs" in entry
     kinds = {e["kind"] for e in artefacts.values()}
-    assert kinds == {"figure", "table"}
+    assert kinds == {"figure", "table", "document"}  # the document: CLAIMS.md
+    assert {f for e in artefacts.values() if e["kind"] == "document" for f in e["files"]} == {
+        "CLAIMS.md"}
+    for entry in artefacts.values():  # what make check-fresh compares with the tree
+        assert set(entry["sha256"]) == set(entry["files"]) and entry["code"]["adt"]
     figure = next(e for e in artefacts.values() if e["kind"] == "figure")
     assert {Path(f).suffix for f in figure["files"]} == {".png", ".pdf"}
 

@@ -142,3 +142,18 @@ def recording_notebook(name: str, *more: str) -> Any:
         f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
         f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})", *more)
 
+
+def randomised(model: nn.Module, seed: int = 0, bias_scale: float = 0.1) -> nn.Module:
+    """``model`` in eval mode with non-trivial BatchNorm statistics and affine parameters
+    and random Linear biases (std ``bias_scale``), so its outputs depend on every tensor."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, nn.Linear):
+                m.bias.copy_(torch.randn(m.out_features, generator=g) * bias_scale)
+    return model.eval()

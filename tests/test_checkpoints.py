@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomised
 from helpers_data import write_cifar10
 from torch import nn
 
@@ -28,21 +29,6 @@ from adt.profiles import EvalSettings
 from adt.runs import state_hash
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and biases, so outputs depend on every tensor."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            elif isinstance(m, nn.Linear):
-                m.bias.copy_(torch.randn(m.out_features, generator=g))
-    return model.eval()
-
-
 def _release_blob(model: WideResNet, wrap: str = "state_dict") -> object:
     """A state_dict as the release saves it: ``module.`` keys, a ``sub_block1`` copy that
     differs from block1 (it is unused, so its values must not matter)."""
@@ -56,7 +42,7 @@ def _release_blob(model: WideResNet, wrap: str = "state_dict") -> object:
 @pytest.fixture(scope="module")
 def wrn() -> WideResNet:
     torch.manual_seed(0)
-    return _randomise(WideResNet(depth=10, widen_factor=1, num_classes=10))
+    return randomised(WideResNet(depth=10, widen_factor=1, num_classes=10), bias_scale=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +84,7 @@ def test_depth_widen_factor_and_classes_follow_from_the_shapes(
 
 def test_our_other_classifiers_are_recognised(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    cnn = _randomise(SmallCNN(1, 10, width=4, hidden=8))
+    cnn = randomised(SmallCNN(1, 10, width=4, hidden=8), bias_scale=1.0)
     torch.save(cnn.state_dict(), tmp_path / "cnn.pt")
     loaded = load_checkpoint(tmp_path / "cnn.pt", "mnist")
     assert loaded.architecture.kwargs == {"width": 4, "hidden": 8, "image_size": 28}

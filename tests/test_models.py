@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from conftest import randomised
 
 from adt.models import (
     PreActResNet18,
@@ -16,21 +16,6 @@ from adt.models import (
 )
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so eval-mode outputs depend on the buffers."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            elif isinstance(m, nn.Linear):
-                m.bias.copy_(torch.randn(m.out_features, generator=g) * 0.1)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -155,7 +140,7 @@ def _reference_wrn_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, n: int)
 
 def test_wide_resnet_computes_the_release_block() -> None:
     torch.manual_seed(0)
-    model = _randomise_bn(WideResNet(depth=16, widen_factor=2, num_classes=10))
+    model = randomised(WideResNet(depth=16, widen_factor=2, num_classes=10))
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), _reference_wrn_forward(model.state_dict(), x, 2),

@@ -111,3 +111,12 @@ def test_the_sweep_runs_each_unfinished_run_on_a_free_gpu_group(tmp_path, monkey
     assert gpus[:2] == ["0,1", "2,3"] and gpus[2] in ("0,1", "2,3")
     assert not (run_dir(profile, "adt_exp", 0, tmp_path) / "gpus").exists()  # finished
     assert "failed (exit 1" in out.getvalue()
+
+
+def test_the_cifar_profile_sweeps_three_seeds_of_every_method(tmp_path):
+    code, out = _main("--profile", "cifar", "--gpus", "0,1", "--runs-root", str(tmp_path),
+                      "--dry-run")
+    commands = [line for line in out.splitlines() if "adt.train" in line]
+    assert code == 0 and len(commands) == 3 * len(METHODS)
+    assert {c.split("--seed ")[1].split()[0] for c in commands} == {"0", "1", "2"}
+    assert "0/30" in out

@@ -156,14 +156,14 @@ def slurm_script(profile_name: str, jobs: Sequence[Job], runs_root: str | Path, 
     if not jobs:
         raise ValueError("every run of the sweep is finished: no array job to write")
     workdir = Path(workdir or Path.cwd()).resolve()
-    logs = Path(runs_root) / "slurm"
+    logs = workdir / runs_root / "slurm"  # absolute: sbatch opens it before the script runs
     table = "\n".join(f'  "{j.method} {j.seed}"' for j in jobs)
     command = shown(train_command(profile_name, Job("__METHOD__", "__SEED__"),  # type: ignore
                                   runs_root, nproc, extra))
     command = command.replace("__METHOD__", '"$METHOD"').replace("__SEED__", '"$SEED"')
     return f"""#!/bin/bash
 # adt sweep: profile {profile_name}, {len(jobs)} unfinished run(s), {nproc} GPU(s) each.
-# Submit with: sbatch {{this file}}   (written by python -m adt.sweep --slurm)
+# Written by python -m adt.sweep --slurm; submit with sbatch (from any folder).
 #SBATCH --job-name=adt-{profile_name}
 #SBATCH --array=0-{len(jobs) - 1}
 #SBATCH --nodes=1
@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None, out=sys.stdout) -> int:
         Path(args.slurm).write_text(slurm_script(profile.name, todo, args.runs_root,
                                                  args.gpus_per_run, extra,
                                                  time_limit=args.slurm_time))
+        (Path(args.runs_root) / "slurm").mkdir(parents=True, exist_ok=True)
         print(f"wrote {args.slurm}: an array of {len(todo)} task(s); submit with "
               f"`sbatch {args.slurm}`", file=out)
         return 0

@@ -71,6 +71,8 @@ def test_the_slurm_script_is_an_array_of_the_unfinished_runs(tmp_path):
     assert ('torchrun --standalone --nproc_per_node=4 -m adt.train --profile paper --method '
             '"$METHOD" --seed "$SEED"') in text
     assert 'read -r METHOD SEED <<< "${JOBS[$SLURM_ARRAY_TASK_ID]}"' in text
+    assert f"#SBATCH --output={tmp_path.resolve()}/slurm/%A_%a.log" in text
+    assert (tmp_path / "slurm").is_dir()  # sbatch does not create the log folder
 
 
 def test_the_status_table_reads_the_run_folders(tmp_path):

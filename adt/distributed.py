@@ -40,7 +40,7 @@ from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT, I
 
 __all__ = ["DistContext", "init_from_env", "current", "check_world_size", "shard",
            "GlobalBatchDraws", "sync_rng", "DistributedClassifier", "wrapped_maximizer",
-           "convert_sync_batchnorm", "all_reduce_sums", "barrier", "torch_dist_cleanup"]
+           "convert_sync_batchnorm", "GlooSyncBatchNorm", "all_reduce_sums", "barrier", "torch_dist_cleanup"]
 
 
 @dataclass(frozen=True)
@@ -242,12 +242,60 @@ def all_reduce_sums(sums: dict[str, torch.Tensor], n: int, device: torch.device
 
 # ----------------------------------------------------------------------------- the modules
 
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d with the batch statistics of the global batch, for CPU (gloo) runs, where
+    PyTorch's ``SyncBatchNorm`` does not run: the per-channel sums, then the sums of squared
+    deviations from the global mean, are added over the ranks (two differentiable
+    all-reduces), so the output and the running statistics are those of one process on the
+    whole batch. Eval mode (and a process outside a group) is plain BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:-1] / n
+        centred = x - mean.view(1, -1, 1, 1)
+        var = all_reduce(centred.square().sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out
+
+
+def _gloo_sync(module: nn.Module) -> nn.Module:
+    if type(module) is nn.BatchNorm2d:
+        synced = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats)
+        if module.affine:
+            synced.weight, synced.bias = module.weight, module.bias  # the same Parameters
+        if module.track_running_stats:
+            synced.running_mean, synced.running_var = module.running_mean, module.running_var
+            synced.num_batches_tracked = module.num_batches_tracked
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, _gloo_sync(child))
+    return module
+
+
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """BatchNorm layers synchronised over the ranks (``SyncBatchNorm``; CUDA only, as
-    PyTorch implements it). The parameters stay the same objects, so optimisers built
-    before keep working, and the state_dict keys do not change."""
+    """BatchNorm layers synchronised over the ranks: PyTorch's ``SyncBatchNorm`` on CUDA,
+    :class:`GlooSyncBatchNorm` on the CPU. The parameters stay the same objects, so
+    optimisers built before keep working, and the state_dict keys do not change."""
     if device.type != "cuda":
-        return module
+        return _gloo_sync(module)
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
@@ -285,6 +333,14 @@ class DistributedClassifier(nn.Module):
 _WRAPPED = ("generator", "noise_map", "encoder")
 
 
+def _global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean over the ranks of a per-rank batch mean (equal shares: the global batch's
+    mean), differentiable: each rank's gradient flows back to every rank's inputs."""
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(value) / ctx.world_size
+
+
 @contextlib.contextmanager
 def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifier | None,
                       ctx: DistContext, device: torch.device) -> Iterator[InnerMaximizer]:
@@ -296,9 +352,12 @@ def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifi
     * the release's batch-mean scales taken over the global batch, not the rank's share:
       ADT_EXP ``running_sum`` ascends ``release_objective`` (CE and entropy averaged over
       the batch), scaled by 1/N; the AM ``raw`` conditioning feeds the generator input
-      gradients of the batch-mean CE, so the inner passes' gradients are scaled by 1/N.
+      gradients of the batch-mean CE, so the inner passes' gradients are scaled by 1/N;
+      ADT_IMP-AM's hinge ``relu(NLL - threshold)`` is taken of the global batch's mean NLL
+      (one differentiable all-reduce a step), not averaged over the ranks' hinges.
       The other updates are invariant to that scale (sign steps, per-example sums,
-      normalised gradients).
+      normalised gradients), and DDP's average of the ranks' batch means is the global
+      batch's mean for every loss linear in them.
     """
     scale = 1.0 / ctx.world_size
     swapped: dict[str, nn.Module] = {}
@@ -312,6 +371,10 @@ def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifi
     if release_exp:
         plain = maximizer.release_objective
         maximizer.release_objective = lambda *a, **k: plain(*a, **k) * scale  # type: ignore
+    implicit = isinstance(maximizer, AmortizedImplicitADT)
+    if implicit:
+        plain_nll = maximizer.entropy_nll
+        maximizer.entropy_nll = lambda *a, **k: _global_mean(plain_nll(*a, **k), ctx)  # type: ignore
     am_raw = isinstance(maximizer, AmortizedExplicitADT | AmortizedImplicitADT) \
         and maximizer.conditioning == "raw"
     if am_raw:
@@ -323,5 +386,7 @@ def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifi
             setattr(maximizer, name, sub)
         if release_exp:
             del maximizer.release_objective
+        if implicit:
+            del maximizer.entropy_nll
         if am_raw:
             classifier.inner_grad_scale = 1.0

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The runs of the 2-process launch, (method, profile overrides): one step of 64 images.
 ONE_STEP = {"train_examples": 64}
 TWO_EPOCHS = {"recipe": {"epochs": 2}}
-EQUAL_STEP_METHODS = ("pgd_at", "adt_exp")
+EQUAL_STEP_METHODS = ("pgd_at", "adt_exp", "adt_exp_am", "adt_imp_am")
 DATA = "mnist5k-head.pt"
 
 
@@ -50,7 +50,7 @@ def _rank(root: Path) -> None:
     data = ImageDataset(DATASETS["mnist5k"], *torch.load(root / DATA))
     out = root / "two"
     try:
-        for method in (*EQUAL_STEP_METHODS, "adt_imp_am"):
+        for method in EQUAL_STEP_METHODS:
             train(smoke(**ONE_STEP), method, data=data, device=device, runs_root=out,
                   progress=False)
         train(smoke(), "adt_exp", data=data, device=device, runs_root=out, progress=False)

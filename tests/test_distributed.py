@@ -1,11 +1,12 @@
 """Data-parallel training on the CPU with gloo: 2 processes take the steps 1 process takes.
 
 One launch of 2 processes (:mod:`helpers_dist`) trains, per method, one step of a global
-batch of 64 (PGD-AT, ADT_EXP; ADT_IMP-AM for its wrapped generator), a whole smoke run of
-ADT_EXP, and a 2-epoch PGD-AT run interrupted at its second epoch; this process trains the
-same runs alone and compares. Each example's draws are made for the global batch
-(:class:`adt.distributed.GlobalBatchDraws`), so the runs agree to float tolerance. The
-smoke SmallCNN has no BatchNorm (PyTorch's SyncBatchNorm runs on CUDA only).
+batch of 64 (PGD-AT, ADT_EXP, and the AM methods with their wrapped generators), a whole
+smoke run of ADT_EXP, and a 2-epoch PGD-AT run interrupted at its second epoch; this
+process trains the same runs alone and compares. Each example's draws are made for the
+global batch (:class:`adt.distributed.GlobalBatchDraws`) and the generators' BatchNorm is
+synchronised (:class:`adt.distributed.GlooSyncBatchNorm`), so the runs agree to float
+tolerance.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def test_one_step_on_two_processes_equals_one_process(method, runs, mnist, tmp_p
                  runs_root=tmp_path, progress=False).model.state_dict()
     assert any((one.model.state_dict()[k] - init[k]).abs().max() > 1e-4 for k in init)
     _assert_same_weights(one.model.state_dict(), two["model"])
+    # the AM generators (BatchNorm synchronised, raw gradient input at the global scale):
+    # their gradients (Adam's first moments after one step) and BatchNorm statistics. Not
+    # their weights: Adam's first step, about lr * g / (|g| + 1e-8), turns the float noise
+    # of the gradients' near-zero entries (|g| < 1e-6 of the largest) into steps of +-lr.
+    extra = one.maximizer.state_dict().get("_extra_state")
+    if extra is not None:
+        for key in ("optimizer", "encoder_optimizer"):
+            theirs = two["maximizer"]["_extra_state"].get(key, {"state": {}})["state"]
+            for i, state in extra.get(key, {"state": {}})["state"].items():
+                g = state["exp_avg"]
+                torch.testing.assert_close(theirs[i]["exp_avg"], g, rtol=0,
+                                           atol=3e-3 * g.abs().max().item() + 1e-9)
+        for name, value in one.maximizer.state_dict().items():
+            if "running_" in name:
+                torch.testing.assert_close(two["maximizer"][name], value, rtol=1e-5, atol=1e-6)
     assert two["metrics"]["history"][0]["world_size"] == 2
     for key in ("loss", "train_accuracy", "clean_accuracy", "pgd_accuracy"):
         assert two["metrics"]["history"][0][key] == pytest.approx(

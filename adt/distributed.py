@@ -17,7 +17,9 @@ takes on the same global batch.
   (eval mode) go to the plain module and communicate nothing.
 * :func:`wrapped_maximizer`: the AM generators (and ADT_IMP-AM's noise map and encoder)
   under DDP for an epoch; the release's batch-mean gradient scales of ADT_EXP and of the
-  AM conditioning taken over the global batch.
+  AM conditioning, and ADT_IMP-AM's entropy hinge, taken over the global batch.
+* :func:`convert_sync_batchnorm`: BatchNorm statistics of the global batch (PyTorch's
+  ``SyncBatchNorm`` on CUDA, :class:`GlooSyncBatchNorm` on the CPU).
 
 With one process none of this runs: training is bit for bit what it was.
 """
@@ -40,7 +42,7 @@ from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT, I
 
 __all__ = ["DistContext", "init_from_env", "current", "check_world_size", "shard",
            "GlobalBatchDraws", "sync_rng", "DistributedClassifier", "wrapped_maximizer",
-           "convert_sync_batchnorm", "GlooSyncBatchNorm", "all_reduce_sums", "barrier", "torch_dist_cleanup"]
+           "convert_sync_batchnorm", "GlooSyncBatchNorm", "all_reduce_sum", "all_reduce_sums", "barrier", "torch_dist_cleanup"]
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,28 @@ def all_reduce_sums(sums: dict[str, torch.Tensor], n: int, device: torch.device
 
 # ----------------------------------------------------------------------------- the modules
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient of every rank's copy of the sum
+    flows back to every rank's input (the backward is the same sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks, with gradients summed back (see :class:`_AllReduceSum`)."""
+    return _AllReduceSum.apply(x)
+
+
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with the batch statistics of the global batch, for CPU (gloo) runs, where
     PyTorch's ``SyncBatchNorm`` does not run: the per-channel sums, then the sums of squared
@@ -252,15 +276,13 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        sums = all_reduce_sum(torch.cat([x.sum(dims), count]))
         n = sums[-1]
         mean = sums[:-1] / n
         centred = x - mean.view(1, -1, 1, 1)
-        var = all_reduce(centred.square().sum(dims)) / n
+        var = all_reduce_sum(centred.square().sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -336,9 +358,7 @@ _WRAPPED = ("generator", "noise_map", "encoder")
 def _global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """The mean over the ranks of a per-rank batch mean (equal shares: the global batch's
     mean), differentiable: each rank's gradient flows back to every rank's inputs."""
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(value) / ctx.world_size
+    return all_reduce_sum(value) / ctx.world_size
 
 
 @contextlib.contextmanager

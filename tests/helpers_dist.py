@@ -54,6 +54,7 @@ def _rank(root: Path) -> None:
             train(smoke(**ONE_STEP), method, data=data, device=device, runs_root=out,
                   progress=False)
         train(smoke(), "adt_exp", data=data, device=device, runs_root=out, progress=False)
+        _conditioning(data, ctx, device, root)
         try:
             train(smoke(**TWO_EPOCHS), "pgd_at", data=data, device=device, runs_root=out,
                   progress=False, on_batch_end=_stop)
@@ -61,6 +62,36 @@ def _rank(root: Path) -> None:
             pass
     finally:
         ddp.torch_dist_cleanup()
+
+
+def conditioning_setup(data):
+    """A seeded SmallCNN, the AM maximiser of the smoke profile, and a batch of 64."""
+    import torch
+
+    from adt.data import to_float
+    from adt.methods import build_maximizer
+    from adt.models import SmallCNN
+
+    torch.manual_seed(5)
+    model = SmallCNN(1, 10, width=8, hidden=32)
+    am = build_maximizer("adt_exp_am", smoke().methods, data.spec, 0.3)
+    return model, am, to_float(data.x_train[:64]), data.y_train[:64]
+
+
+def _conditioning(data, ctx, device, root: Path) -> None:
+    """The AM generators' raw input [x, g1, g2] of this rank's rows, as the DDP epoch
+    computes it (through DistributedClassifier, under wrapped_maximizer)."""
+    import torch
+
+    from adt import distributed as ddp
+    from adt.inner import gradient_conditioning
+
+    model, am, x, y = conditioning_setup(data)
+    classifier = ddp.DistributedClassifier(model, device)
+    xs, ys = ddp.shard(x, y, ctx)
+    with ddp.wrapped_maximizer(am, classifier, ctx, device):
+        cond = gradient_conditioning(classifier, xs, ys, am.epsilon, am.conditioning)
+    torch.save(cond, root / f"conditioning-rank{ctx.rank}.pt")
 
 
 def _free_port() -> int:

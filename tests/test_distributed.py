@@ -80,7 +80,7 @@ def test_one_step_on_two_processes_equals_one_process(method, runs, mnist, tmp_p
                                            atol=5e-2 * g.abs().max().item() + 1e-9)
         for name, value in one.maximizer.state_dict().items():
             if "running_" in name:
-                torch.testing.assert_close(two["maximizer"][name], value, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(two["maximizer"][name], value, rtol=1e-4, atol=2e-5)
     assert two["metrics"]["history"][0]["world_size"] == 2
     for key in ("loss", "train_accuracy", "clean_accuracy", "pgd_accuracy"):
         assert two["metrics"]["history"][0][key] == pytest.approx(

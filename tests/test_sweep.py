@@ -43,7 +43,7 @@ def test_the_dry_run_lists_every_unfinished_run_of_the_paper_profile(tmp_path):
     assert [c.split()[0] for c in commands[:5]] == [
         f"CUDA_VISIBLE_DEVICES={g}" for g in "01230"]
     assert not any("pgd_at --seed 1 " in c for c in commands)
-    assert "1/15 finished" in out
+    assert f"1/{3 * len(METHODS)} finished" in out
 
 
 def test_several_gpus_per_run_go_through_torchrun(tmp_path):
@@ -76,7 +76,7 @@ def test_the_slurm_script_is_an_array_of_the_unfinished_runs(tmp_path):
 
 
 def test_the_status_table_reads_the_run_folders(tmp_path):
-    profile = get_profile("quick")
+    profile = get_profile("quick", recipe={"epochs": 8})
     jobs = [sw.Job("pgd_at", s) for s in range(4)]
     _fake_run(tmp_path, profile, jobs[0], 8, finished=True)
     _fake_run(tmp_path, profile, jobs[1], 2, epoch_s=90)
@@ -93,7 +93,7 @@ def test_the_status_table_reads_the_run_folders(tmp_path):
 
 
 def test_the_sweep_runs_each_unfinished_run_on_a_free_gpu_group(tmp_path, monkeypatch):
-    profile = get_profile("quick")
+    profile = get_profile("quick", recipe={"epochs": 8})
     jobs = [sw.Job("pgd_at", s) for s in range(3)] + [sw.Job("adt_exp", 0)]
     _fake_run(tmp_path, profile, jobs[3], 8, finished=True)
 

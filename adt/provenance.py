@@ -33,13 +33,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "MANIFEST.json"
 
 #: The named profiles of ``adt.profiles`` (a test keeps the two lists equal).
-PROFILE_NAMES = ("smoke", "quick", "fashion", "paper")
+PROFILE_NAMES = ("smoke", "quick", "fashion", "cifar", "paper")
 #: The profile whose outputs are committed: ``figures/`` and the executed ``notebooks/``.
 COMMITTED_PROFILE = "quick"
 #: Profiles whose outputs go to a temporary folder, never into the repository.
 TEMPORARY_PROFILES = ("smoke",)
 #: Profiles whose default device is CUDA (a test keeps this equal to ``adt.profiles``).
-CUDA_PROFILES = ("fashion", "paper")
+CUDA_PROFILES = ("fashion", "cifar", "paper")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:

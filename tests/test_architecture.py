@@ -105,7 +105,7 @@ def f():
 def test_every_named_module_exists() -> None:
     named = BOTTOM | EVALUATION | {"inner", "attacks", "analysis", "train", "methods",
                                    "profiles", "runs", "report", "pipeline", "plots", "bench",
-                                   "checkpoints"}
+                                   "checkpoints", "distributed"}
     assert named <= set(GRAPH), named - set(GRAPH)
 
 
@@ -118,6 +118,11 @@ def test_inner_maximisers_and_attacks_are_independent() -> None:
     assert "attacks" not in GRAPH["inner"] and "inner" not in GRAPH["attacks"]
     assert not GRAPH["analysis"] & {"inner", "attacks"}, GRAPH["analysis"]
     assert "inner" in GRAPH["train"]
+
+
+def test_data_parallel_training_sits_below_the_trainer() -> None:
+    assert "distributed" in GRAPH["train"] and "train" not in GRAPH["distributed"]
+    assert GRAPH["distributed"] <= BOTTOM | {"inner"}, GRAPH["distributed"]
 
 
 def test_evaluation_never_imports_the_trainer() -> None:

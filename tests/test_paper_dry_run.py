@@ -8,7 +8,10 @@ CIFAR-10 and Fashion-MNIST on-disk formats: one training step of every method th
 `adt.train.train` (checkpoint included), then one evaluation batch of every model under the
 paper's white-box attacks and AutoAttack `standard`. Only the sizes shrink (2 training images,
 batch 2, 1 test image) and the iteration counts are cut to 1 (T, PGD and attack steps, Square
-queries): the same code runs for 1 iteration as for 100.
+queries): the same code runs for 1 iteration as for 100. The `cifar` profile takes one
+ADT_EXP training step on the same files: its only new combination is PreActResNet18 on
+3-channel 32x32 images (the release's inner settings, ngf 256 generators included, run
+above under `paper`; its evaluation is `fashion`'s code).
 """
 
 import dataclasses
@@ -85,3 +88,13 @@ def test_one_training_step_and_one_evaluation_batch(name, method, datasets, tmp_
     table = robustness_table(run.model, data, attacks, n_examples=2, batch_size=1, sanity=False)
     assert set(table.accuracy) == {s.name for s in attacks}
     assert 0.0 <= table.robust_accuracy <= min(table.accuracy.values())
+
+
+def test_the_cifar_profile_takes_a_training_step(datasets, tmp_path):
+    full = get_profile("cifar")
+    assert full.methods == PAPER.methods and full.train_epsilon == PAPER.train_epsilon
+    run = train(_dry(full), "adt_exp", data=datasets["paper"], device="cpu",
+                runs_root=tmp_path, progress=False)
+    assert run.finished and torch.isfinite(torch.tensor(run.metrics["history"][-1]["loss"]))
+    assert isinstance(run.model, PreActResNet18) and run.model.conv1.in_channels == 3
+    assert run.model.fc.out_features == 10

@@ -28,8 +28,8 @@ def test_every_profile_validates_and_serialises(name: str) -> None:
     assert back["eval"]["pgd_steps"] == list(profile.eval.pgd_steps)
 
 
-def test_the_four_profiles() -> None:
-    assert set(PROFILES) == {"smoke", "quick", "fashion", "paper"}
+def test_the_five_profiles() -> None:
+    assert set(PROFILES) == {"smoke", "quick", "fashion", "cifar", "paper"}
     smoke = get_profile("smoke")
     assert (smoke.dataset, smoke.model, smoke.recipe.epochs) == ("mnist5k", "small_cnn", 1)
     assert smoke.train_examples is not None and smoke.train_examples < 4000
@@ -64,6 +64,18 @@ def test_paper_profile_is_the_release_recipe() -> None:
     assert (e.mim_steps, e.cw_steps, e.cw_kappa, e.fea_steps) == (20, 30, 50.0, 50)
     assert e.step_fraction * 8 / 255 == pytest.approx(2 / 255)
     assert e.fea_step_fraction * 8 / 255 == pytest.approx(1 / 255)
+
+
+def test_the_cifar_profile_is_one_gpu_afternoon_at_the_release_inner_settings() -> None:
+    p, paper = get_profile("cifar"), get_profile("paper")
+    assert (p.dataset, p.model, p.device, p.seeds) == ("cifar10", "preact_resnet18", "cuda",
+                                                       (0, 1, 2))
+    assert p.train_examples is None and p.recipe.epochs == 30
+    assert p.methods == paper.methods == MethodSettings()  # the release's inner settings
+    assert p.train_epsilon == 8 / 255
+    for method in METHODS:
+        assert p.recipe.batch_size_for(method) == paper.recipe.batch_size_for(method)
+    assert max(p.recipe.lr_milestones) < p.recipe.epochs
 
 
 def test_unknown_profile_lists_allowed() -> None:

@@ -314,10 +314,10 @@ def restore_modules(ckpt: dict[str, Any], path: Path, expected: dict[str, Any],
     stored = ckpt["identity"]
     if stored != expected:
         diff = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        first = diff[0]
         raise ValueError(f"{path} was written for other settings (differing: {', '.join(diff)}; "
-                         f"e.g. model {stored.get('model')!r} {stored.get('model_kwargs')} vs "
-                         f"{expected.get('model')!r} {expected.get('model_kwargs')}). Pass "
-                         "force_retrain=True to discard it, or use another runs_root")
+                         f"e.g. {first} {stored.get(first)!r} there vs {expected.get(first)!r} "
+                         "now). Pass force_retrain=True to discard it, or use another runs_root")
     try:
         model.load_state_dict(ckpt["model"])
         maximizer.load_state_dict(ckpt["maximizer"])

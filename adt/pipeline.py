@@ -346,7 +346,8 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
         _seed(plan, staged_out)
         timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
         record_batch(staged_out, profile=plan.profile, device=plan.device,
-                     notebook_seconds=timings, code=code_hashes(plan.source, plan.notebooks))
+                     notebook_seconds=timings,
+                     code=code_hashes(plan.source, plan.notebooks, executed_dir=staged_nb))
         with _sigint_deferred(state):
             manifest_path = _install(plan, staged_out, staged_nb)
     if state.get("deferred"):

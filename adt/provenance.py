@@ -97,13 +97,19 @@ def notebook_code_hash(path: Path) -> str:
     return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
 
 
-def code_hashes(notebooks_dir: Path, names: Sequence[str] = (),
-                root: Path = REPO_ROOT) -> dict[str, Any]:
+def code_hashes(notebooks_dir: Path, names: Sequence[str] = (), root: Path = REPO_ROOT,
+                executed_dir: Path | None = None) -> dict[str, Any]:
     """The hash of ``adt/`` and of the code cells of each notebook named (``NN_name``) in
-    ``notebooks_dir``."""
-    return {"adt": package_hash(root),
-            "notebooks": {name: notebook_code_hash(Path(notebooks_dir) / f"{name}.ipynb")
-                          for name in names}}
+    ``notebooks_dir``; with ``executed_dir``, also the sha256 of each executed copy there
+    (what the batch writes back, outputs included)."""
+    hashes: dict[str, Any] = {
+        "adt": package_hash(root),
+        "notebooks": {name: notebook_code_hash(Path(notebooks_dir) / f"{name}.ipynb")
+                      for name in names}}
+    if executed_dir is not None:
+        hashes["executed"] = {name: file_hash(Path(executed_dir) / f"{name}.ipynb")
+                              for name in names}
+    return hashes
 
 
 def _now() -> str:
@@ -179,6 +185,8 @@ def check_fresh(output_dir: Path | None = None, notebooks_dir: Path | None = Non
             problems.append(f"{path}: not executed by the recorded batch")
         elif recorded != notebook_code_hash(path):
             problems.append(f"{path}: its code cells changed since it was executed")
+        elif batch.get("executed", {}).get(path.stem) != file_hash(path):
+            problems.append(f"{path}: its outputs are not those the recorded batch wrote")
     for name, entry in sorted(manifest["artefacts"].items()):
         code = entry.get("code", {})
         if code.get("adt") != current:
@@ -214,7 +222,10 @@ def merge_manifests(old: dict[str, Any], new: dict[str, Any],
     if "code" in new:  # the code hashes of the notebooks outside the batch stay
         old_notebooks = {name: h for name, h in old.get("code", {}).get("notebooks", {}).items()
                          if f"notebooks/{name}.ipynb" not in ran}
-        merged["code"] = {**new["code"], "notebooks": {**old_notebooks,
-                                                       **new["code"].get("notebooks", {})}}
+        old_executed = {name: h for name, h in old.get("code", {}).get("executed", {}).items()
+                        if f"notebooks/{name}.ipynb" not in ran}
+        merged["code"] = {**new["code"],
+                          "notebooks": {**old_notebooks, **new["code"].get("notebooks", {})},
+                          "executed": {**old_executed, **new["code"].get("executed", {})}}
     merged["artefacts"] = {**kept, **new.get("artefacts", {})}
     return merged

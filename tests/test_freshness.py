@@ -30,7 +30,8 @@ def tree(root: Path) -> Path:
     figures = root / "figures"
     figures.mkdir()
     (figures / "fig.png").write_bytes(b"png")
-    manifest = {"code": code_hashes(root / "notebooks", ["01_a"], root=root),
+    manifest = {"code": code_hashes(root / "notebooks", ["01_a"], root=root,
+                                    executed_dir=root / "notebooks"),
                 "artefacts": {"fig": {
                     "files": ["fig.png"], "notebook": "notebooks/01_a.ipynb",
                     "sha256": {"fig.png": file_hash(figures / "fig.png")},
@@ -67,6 +68,13 @@ def test_a_changed_code_cell_is_named(tmp_path):
     problems = check_fresh(root=root)
     assert any("01_a.ipynb: its code cells changed" in p for p in problems)
     assert any("made by other code cells" in p for p in problems)
+
+
+def test_a_notebook_with_other_outputs_is_named(tmp_path):
+    root = tree(tmp_path)
+    notebook(root / "notebooks" / "01_a.ipynb", "print(1)", "an output of another run")
+    assert check_fresh(root=root) == [f"{root / 'notebooks' / '01_a.ipynb'}: its outputs are not "
+                                      "those the recorded batch wrote"]
 
 
 def test_a_replaced_or_missing_figure_is_named(tmp_path):

@@ -10,7 +10,7 @@
 - Curvature (Figure 2f): :func:`hessian_top_eigenvalue`, the dominant eigenvalue
   of the input Hessian of the loss by power iteration with Hessian-vector products;
   :func:`hessian_power_iteration` also returns the iterates and convergence
-  diagnostics; :func:`paired_comparison` compares two models image by image.
+  diagnostics; :func:`compare_per_image` compares two models image by image.
 - Attack power (Table 4): :func:`distribution_robust_accuracy`, an image is robust
   against an adversarial distribution only if every one of its samples is
   classified correctly.
@@ -46,7 +46,7 @@ from adt.runtime import device_of, per_example
 
 __all__ = ["Sampler", "PCA2D", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
-           "PowerIteration", "hessian_power_iteration", "paired_comparison",
+           "PowerIteration", "hessian_power_iteration", "compare_per_image",
            "distribution_robust_accuracy", "tanh_gaussian_sampler", "implicit_sampler",
            "adversarial_images"]
 
@@ -298,7 +298,7 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
                                    generator=generator).eigenvalue
 
 
-def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+def compare_per_image(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """Per-image comparison of two models' values ``a``, ``b`` (same images, ``(B,)``; e.g.
     Hessian eigenvalues): means, medians, the fraction of images where ``a < b``, and the
     median of the per-image ratio a / b (ratios of values at least ``tiny`` apart from 0)."""

@@ -16,8 +16,9 @@ takes on the same global batch.
   ``DistributedDataParallel`` (gradients averaged over ranks); the maximisers' passes
   (eval mode) go to the plain module and communicate nothing.
 * :func:`wrapped_maximizer`: the AM generators (and ADT_IMP-AM's noise map and encoder)
-  under DDP for an epoch; the release's batch-mean gradient scales of ADT_EXP and of the
-  AM conditioning, and ADT_IMP-AM's entropy hinge, taken over the global batch.
+  under DDP for an epoch, and the maximiser's hooks (``batch_share``, ``global_mean``) set
+  so that the release's batch-mean gradient scales of ADT_EXP and of the AM conditioning,
+  and ADT_IMP-AM's entropy hinge, are those of the global batch.
 * :func:`convert_sync_batchnorm`: BatchNorm statistics of the global batch (PyTorch's
   ``SyncBatchNorm`` on CUDA, :class:`GlooSyncBatchNorm` on the CPU).
 
@@ -27,6 +28,7 @@ With one process none of this runs: training is bit for bit what it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.overrides import TorchFunctionMode
 
-from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT, InnerMaximizer
+from adt.inner import InnerMaximizer
 
 __all__ = ["DistContext", "init_from_env", "current", "check_world_size", "shard",
            "GlobalBatchDraws", "sync_rng", "DistributedClassifier", "wrapped_maximizer",
@@ -321,35 +323,18 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
 class DistributedClassifier(nn.Module):
     """The classifier as the trainer and the maximisers see it under DDP: in train mode (the
     training pass of Algorithm 1, line 5) through ``DistributedDataParallel``; in eval mode
-    (the maximisers' inner passes) the plain module, its output's gradient multiplied by
-    ``inner_grad_scale`` (see :func:`wrapped_maximizer`)."""
+    (the maximisers' inner passes) the plain module, which communicates nothing."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         super().__init__()
         self.ddp = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.inner_grad_scale = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.ddp(x)
-        out = self.ddp.module(x)
-        return out if self.inner_grad_scale == 1.0 else _ScaleGrad.apply(out,
-                                                                        self.inner_grad_scale)
+        return self.ddp(x) if self.training else self.ddp.module(x)
 
 
 _WRAPPED = ("generator", "noise_map", "encoder")
@@ -362,24 +347,22 @@ def _global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifier | None,
-                      ctx: DistContext, device: torch.device) -> Iterator[InnerMaximizer]:
+def wrapped_maximizer(maximizer: InnerMaximizer, ctx: DistContext, device: torch.device
+                      ) -> Iterator[InnerMaximizer]:
     """The maximiser ready for a DDP epoch, restored on exit (so checkpoints keep the plain
     modules' keys):
 
     * its own networks (the AM generators, ADT_IMP-AM's noise map and encoder) under
       ``DistributedDataParallel``, so their gradients are averaged like the classifier's;
-    * the release's batch-mean scales taken over the global batch, not the rank's share:
-      ADT_EXP ``running_sum`` ascends ``release_objective`` (CE and entropy averaged over
-      the batch), scaled by 1/N; the AM ``raw`` conditioning feeds the generator input
-      gradients of the batch-mean CE, so the inner passes' gradients are scaled by 1/N;
-      ADT_IMP-AM's hinge ``relu(NLL - threshold)`` is taken of the global batch's mean NLL
-      (one differentiable all-reduce a step), not averaged over the ranks' hinges.
-      The other updates are invariant to that scale (sign steps, per-example sums,
-      normalised gradients), and DDP's average of the ranks' batch means is the global
-      batch's mean for every loss linear in them.
+    * its hooks (:class:`~adt.inner.InnerMaximizer`) set to the global batch:
+      ``batch_share = 1/N`` scales the release's batch-mean gradients (ADT_EXP's
+      ``running_sum`` objective, the AM ``raw`` conditioning), and ``global_mean`` takes
+      ADT_IMP-AM's entropy NLL over the global batch before its hinge
+      ``relu(NLL - threshold)`` (one differentiable all-reduce a step). The other updates
+      are invariant to that scale (sign steps, per-example sums, normalised gradients),
+      and DDP's average of the ranks' batch means is the global batch's mean for every
+      loss linear in them.
     """
-    scale = 1.0 / ctx.world_size
     swapped: dict[str, nn.Module] = {}
     for name in _WRAPPED:
         sub = getattr(maximizer, name, None)
@@ -387,26 +370,11 @@ def wrapped_maximizer(maximizer: InnerMaximizer, classifier: DistributedClassifi
             swapped[name] = sub
             setattr(maximizer, name, DistributedDataParallel(
                 sub, device_ids=[device.index] if device.type == "cuda" else None))
-    release_exp = isinstance(maximizer, ExplicitADT) and maximizer.update == "running_sum"
-    if release_exp:
-        plain = maximizer.release_objective
-        maximizer.release_objective = lambda *a, **k: plain(*a, **k) * scale  # type: ignore
-    implicit = isinstance(maximizer, AmortizedImplicitADT)
-    if implicit:
-        plain_nll = maximizer.entropy_nll
-        maximizer.entropy_nll = lambda *a, **k: _global_mean(plain_nll(*a, **k), ctx)  # type: ignore
-    am_raw = isinstance(maximizer, AmortizedExplicitADT | AmortizedImplicitADT) \
-        and maximizer.conditioning == "raw"
-    if am_raw:
-        classifier.inner_grad_scale = scale
+    maximizer.batch_share = 1.0 / ctx.world_size
+    maximizer.global_mean = functools.partial(_global_mean, ctx=ctx)
     try:
         yield maximizer
     finally:
         for name, sub in swapped.items():
             setattr(maximizer, name, sub)
-        if release_exp:
-            del maximizer.release_objective
-        if implicit:
-            del maximizer.entropy_nll
-        if am_raw:
-            classifier.inner_grad_scale = 1.0
+        del maximizer.batch_share, maximizer.global_mean  # back to the class defaults

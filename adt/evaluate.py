@@ -267,6 +267,20 @@ def _stale_because(stored: RobustnessTable, config: dict[str, Any],
     return None
 
 
+def _stored_table(path: Path, config: dict[str, Any], fingerprint: dict[str, Any]
+                  ) -> tuple[RobustnessTable | None, str]:
+    """The table stored at ``path`` if it stands for this protocol and these weights, else
+    None and why not (no file, unreadable, :func:`_stale_because`)."""
+    if not path.is_file():
+        return None, "there is none"
+    try:
+        stored = load_table(path)
+    except ValueError as err:  # not JSON, not a table: named in the message
+        return None, f"it cannot be read ({err})"
+    why = _stale_because(stored, config, fingerprint)
+    return (stored, "") if why is None else (None, why)
+
+
 def evaluate_run(run: Run, data: ImageDataset | None = None, *,
                  sources: Mapping[str, nn.Module] | None = None, n_examples: int | None = None,
                  force: bool = False, strict: bool = False, autocast: bool = True,
@@ -291,17 +305,13 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     n = min(settings.n_examples if n_examples is None else n_examples, len(data.x_test))
     config = _config(attacks, n, checks)
     fingerprint = run_fingerprint(run)
-    if path.is_file() and not force:
-        try:
-            stored: RobustnessTable | None = load_table(path)
-        except ValueError as err:  # not JSON, not a table: named in the message
-            stored, why = None, f"it cannot be read ({err})"
+    if not force:
+        stored, why = _stored_table(path, config, fingerprint)
         if stored is not None:
-            why = _stale_because(stored, config, fingerprint)
-            if why is None:
-                report(stored, strict)
-                return stored
-        warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=2)
+            report(stored, strict)
+            return stored
+        if path.is_file():
+            warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=2)
     table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
                              sanity=checks, autocast=autocast, progress=progress)
     table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
@@ -342,8 +352,8 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
     config = {**_config(attacks, len(index), None), "examples": index.tolist()}
     fingerprint = run_fingerprint(run)
     path = run.path / FULL_AUTOATTACK_FILE
-    stored = load_table(path) if path.is_file() and not force else None
-    if stored is None or _stale_because(stored, config, fingerprint) is not None:
+    stored = None if force else _stored_table(path, config, fingerprint)[0]
+    if stored is None:
         stored = robustness_table(run.model, (x[index.to(device)], y[index.to(device)]),
                                   attacks, batch_size=profile.eval.batch_size, sanity=False,
                                   autocast=autocast, progress=progress)
@@ -426,13 +436,9 @@ def evaluate_checkpoint(path: str | Path | LoadedCheckpoint, dataset: str = "cif
     fingerprint = {"state_hash": state_hash(loaded.model), "architecture": str(loaded.architecture),
                    "dataset": dataset}
     out = _default_output(loaded.path) if output is None else Path(output)
-    if reuse and out.is_file():
-        try:
-            stored = load_table(out)
-            if _stale_because(stored, config, fingerprint) is None:
-                return stored
-        except ValueError:
-            pass  # unreadable: evaluated again and overwritten
+    stored = _stored_table(out, config, fingerprint)[0] if reuse else None
+    if stored is not None:
+        return stored
     table = robustness_table(loaded.model, data, specs, n,
                              batch_size=settings.batch_size if batch_size is None else batch_size,
                              sanity=checks if checks is not None else False, autocast=autocast,

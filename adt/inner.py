@@ -24,6 +24,7 @@ attribute so the trainer may ramp it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +85,23 @@ def grad_reverse(x: torch.Tensor) -> torch.Tensor:
     return _GradReverse.apply(x)
 
 
+def _same(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
 class InnerMaximizer(nn.Module):
-    """Interface of every maximiser; see the module docstring."""
+    """Interface of every maximiser; see the module docstring.
+
+    Two hooks make N data-parallel processes take the step one process takes on the
+    global batch (:func:`adt.distributed.wrapped_maximizer` sets them for an epoch):
+    ``batch_share``, this process's share of the global batch (1/N), multiplies the
+    release's batch-mean gradient scales; ``global_mean`` turns a batch mean over this
+    process's rows into the global batch's mean. In one process they change nothing.
+    """
 
     epsilon: float
+    batch_share: float = 1.0
+    global_mean: Callable[[torch.Tensor], torch.Tensor] = staticmethod(_same)
 
     @property
     def passes_per_image(self) -> int:
@@ -263,7 +277,8 @@ class ExplicitADT(InnerMaximizer):
         the sum of (batch-mean CE + lambda_ * batch-and-pixel mean of the release's -log p)."""
         ce, dist, delta = self._draws(model, x, y, mu, v, noise)
         entropy = dist.release_entropy(delta).flatten(1).mean(1)
-        return ce.mean(1).sum() + self.lambda_ * entropy.sum()
+        value = ce.mean(1).sum() + self.lambda_ * entropy.sum()
+        return value if self.batch_share == 1.0 else value * self.batch_share
 
     def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             noise: torch.Tensor | None = None) -> TanhGaussian:
@@ -307,19 +322,24 @@ CONDITIONINGS = ("raw", "normalised")
 
 
 def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                          epsilon: float, conditioning: str = "raw") -> torch.Tensor:
+                          epsilon: float, conditioning: str = "raw",
+                          batch_share: float = 1.0) -> torch.Tensor:
     """[x, g1, g2], the input of both amortised generators (3C channels).
 
     g1 = grad_x CE(f(x), y) and g2 the same gradient at the FGSM point
     clip(x + epsilon sign(g1), 0, 1), computed with the classifier in eval mode.
 
-    * ``"raw"`` (default, the release): CE averaged over the batch, the gradients fed as
-      they are (their entries are tiny next to x);
+    * ``"raw"`` (default, the release): CE averaged over the batch (the global batch: times
+      ``batch_share`` when ``x`` is one process's share of it), the gradients fed as they
+      are (their entries are tiny next to x);
     * ``"normalised"``: each gradient divided by its per-example mean absolute value, so
       the generator sees their shape whatever their scale.
     """
-    loss = (lambda logits, t: F.cross_entropy(logits.float(), t)) if conditioning == "raw" \
-        else ce_sum
+    def batch_mean_ce(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), t)
+        return ce if batch_share == 1.0 else ce * batch_share
+
+    loss = batch_mean_ce if conditioning == "raw" else ce_sum
     with eval_mode(model):
         g1 = input_gradient(model, x, y, loss)
         g2 = input_gradient(model, (x + epsilon * g1.sign()).clamp(0.0, 1.0), y, loss)
@@ -351,7 +371,8 @@ class AmortizedExplicitADT(InnerMaximizer):
 
     def distribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TanhGaussian:
         """p_phi(delta | x) for a batch: the generator's (mu, v) from x and two input gradients."""
-        cond = gradient_conditioning(model, x, y, self.epsilon, self.conditioning)
+        cond = gradient_conditioning(model, x, y, self.epsilon, self.conditioning,
+                                     self.batch_share)
         mu, v = self.generator(cond).float().chunk(2, dim=1)
         return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
@@ -423,7 +444,8 @@ class AmortizedImplicitADT(InnerMaximizer):
     def conditioning_input(self, model: nn.Module, x: torch.Tensor,
                            y: torch.Tensor) -> torch.Tensor:
         """The generator's conditioning input [x, g1, g2] for a batch."""
-        return gradient_conditioning(model, x, y, self.epsilon, self.conditioning)
+        return gradient_conditioning(model, x, y, self.epsilon, self.conditioning,
+                                     self.batch_share)
 
     def sample_from(self, cond: torch.Tensor, z: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,7 +468,7 @@ class AmortizedImplicitADT(InnerMaximizer):
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
         delta, z = self.sample(model, x, y)
-        nll = self.entropy_nll(delta, z)
+        nll = self.global_mean(self.entropy_nll(delta, z))  # the hinge acts on the global batch
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)
         return AdversarialBatch(x_adv, y, extra_loss=self.lambda_ * F.relu(nll - self.threshold),
                                 stats={"entropy_nll": nll.detach()})

@@ -243,7 +243,7 @@ def _train_locked(profile: Profile, method: str, seed: int, data: ImageDataset,
         model.train()
         maximizer.train()
         started = time.perf_counter()
-        with (ddp.wrapped_maximizer(maximizer, forward, ctx, device) if ctx.distributed
+        with (ddp.wrapped_maximizer(maximizer, ctx, device) if ctx.distributed
               else contextlib.nullcontext()):
             means = train_epoch(forward, maximizer, optimizer, data, profile, epoch,
                                 profile.recipe.batch_size_for(method), seed, amp, progress,

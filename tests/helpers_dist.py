@@ -89,8 +89,9 @@ def _conditioning(data, ctx, device, root: Path) -> None:
     model, am, x, y = conditioning_setup(data)
     classifier = ddp.DistributedClassifier(model, device)
     xs, ys = ddp.shard(x, y, ctx)
-    with ddp.wrapped_maximizer(am, classifier, ctx, device):
-        cond = gradient_conditioning(classifier, xs, ys, am.epsilon, am.conditioning)
+    with ddp.wrapped_maximizer(am, ctx, device):
+        cond = gradient_conditioning(classifier, xs, ys, am.epsilon, am.conditioning,
+                                     am.batch_share)
     torch.save(cond, root / f"conditioning-rank{ctx.rank}.pt")
 
 

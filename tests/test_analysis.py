@@ -12,13 +12,13 @@ from sklearn.decomposition import PCA
 from torch import nn
 
 from adt.analysis import (
+    compare_per_image,
     distribution_robust_accuracy,
     hessian_power_iteration,
     hessian_top_eigenvalue,
     implicit_sampler,
     loss_surface,
     mean_pairwise_l2,
-    paired_comparison,
     pca_2d,
     pgd_restarts,
     tanh_gaussian_sampler,
@@ -220,15 +220,15 @@ def test_hessian_power_iteration_reports_convergence() -> None:
                                short.eigenvalue)
 
 
-def test_paired_comparison() -> None:
+def test_compare_per_image() -> None:
     a = torch.tensor([1.0, 2.0, 3.0, 100.0])
     b = torch.tensor([2.0, 1.0, 6.0, 1.0])
-    out = paired_comparison(a, b)
+    out = compare_per_image(a, b)
     assert out["fraction_a_below_b"] == 0.5
     assert out["mean_a"] == pytest.approx(26.5) and out["median_a"] == 2.0  # lower median
     assert out["median_ratio"] == pytest.approx(0.5)  # ratios 0.5, 2, 0.5, 100: lower median
     with pytest.raises(ValueError, match="same images"):
-        paired_comparison(a, b[:3])
+        compare_per_image(a, b[:3])
 
 
 # ----------------------------------------------------------------------------- Table 4

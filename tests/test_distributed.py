@@ -137,7 +137,7 @@ def test_the_release_adt_exp_objective_is_scaled_to_the_global_batch():
     mu = v = torch.zeros_like(x)
     noise = torch.randn(1, *x.shape)
     alone = adt.release_objective(model, x, y, mu, v, noise).item()
-    with ddp.wrapped_maximizer(adt, None, ddp.DistContext(0, 0, 4), CPU):
+    with ddp.wrapped_maximizer(adt, ddp.DistContext(0, 0, 4), CPU):
         scaled = adt.release_objective(model, x, y, mu, v, noise).item()
     assert scaled == pytest.approx(alone / 4)
     assert adt.release_objective(model, x, y, mu, v, noise).item() == pytest.approx(alone)

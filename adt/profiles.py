@@ -224,6 +224,16 @@ class Profile:
                              f"{[f.name for f in dataclasses.fields(self)]}")
         return dataclasses.replace(self, **changes)
 
+    def with_budget(self, factor: int) -> Profile:
+        """The same schedule ``factor`` times as long (the "stable under budget" gate of
+        ``adt.gates``): epochs, learning-rate milestones and the epsilon ramp scaled."""
+        factor = check_int_at_least(factor, 1, "budget factor", "2")
+        r = self.recipe
+        return self.replace(recipe={
+            "epochs": r.epochs * factor,
+            "lr_milestones": tuple(m * factor for m in r.lr_milestones),
+            "epsilon_warmup_epochs": r.epsilon_warmup_epochs * factor})
+
     def to_dict(self) -> dict[str, Any]:
         def plain(obj: Any) -> Any:
             if isinstance(obj, Mapping):

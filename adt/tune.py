@@ -13,7 +13,8 @@ chosen"), and it looks at the baselines only, so the method under test cannot st
    score is within ``tolerance`` (1 point) of the best score; every method then trains
    with it.
 
-``python -m adt.tune --profile quick`` runs the grid (reusing finished runs) and writes
+``python -m adt.tune --profile quick`` runs the grid (reusing finished runs and their
+validation results, ``validation.json`` in each run folder) and writes
 ``benchmarks/tune-<profile>.json``.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from adt._checks import check_int_at_least
 from adt.data import ImageDataset, load_dataset
+from adt.io import read_json, write_json
 from adt.profiles import Profile, get_profile
 from adt.protocol import autoattack_specs
 from adt.runs import DEFAULT_RUNS_ROOT
@@ -99,10 +101,17 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
         for method in methods:
             run = train(variant, method, seed, data=data, device=device, runs_root=runs_root,
                         progress=progress)
-            table = robustness_table(run.model, data, [gradient], sanity=False,
-                                     batch_size=base.eval.batch_size)
-            accuracy[method] = {"clean": float(table.row("Clean").float().mean()),
-                                gradient.name: table.robust_accuracy,
+            stored = run.path / "validation.json"
+            if stored.is_file() and read_json(stored).get("attack") == gradient.describe():
+                result = read_json(stored)
+            else:
+                table = robustness_table(run.model, data, [gradient], sanity=False,
+                                         batch_size=base.eval.batch_size)
+                result = {"attack": gradient.describe(),
+                          "clean": float(table.row("Clean").float().mean()),
+                          "robust": table.robust_accuracy}
+                write_json(result, stored)
+            accuracy[method] = {"clean": result["clean"], gradient.name: result["robust"],
                                 "monitor_pgd": [h["pgd_accuracy"]
                                                 for h in run.metrics["history"]],
                                 "train_time_s": sum(h["train_time_s"]

@@ -49,10 +49,10 @@ def _checkpoint(root, profile, method):
     return torch.load(run_dir(profile, method, 0, root) / CHECKPOINT, weights_only=False)
 
 
-def _assert_same_weights(a, b):
+def _assert_same_weights(a, b, rtol=1e-4, atol=2e-5):
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize("method", EQUAL_STEP_METHODS)
@@ -91,9 +91,12 @@ def test_a_smoke_run_on_two_processes_agrees_with_one(runs, mnist, tmp_path):
     one = train(smoke(), "adt_exp", data=mnist, device=CPU, runs_root=tmp_path, progress=False)
     two = _checkpoint(runs / "two", smoke(), "adt_exp")["metrics"]
     assert two["finished"]
-    for key in ("loss", "entropy", "clean_accuracy", "pgd_accuracy"):
+    # the accuracies are counts of 64 monitor images: one image may flip on the rounding of
+    # other kernels (measured: 0 flips, loss and entropy within 4e-4, AVX2 and SSE4.1)
+    for key, tolerance in (("loss", 1e-3), ("entropy", 1e-3), ("clean_accuracy", 1 / 64),
+                           ("pgd_accuracy", 1 / 64)):
         assert two["history"][-1][key] == pytest.approx(one.metrics["history"][-1][key],
-                                                        abs=1e-3), key
+                                                        abs=tolerance), key
 
 
 def test_the_am_generators_raw_input_is_at_the_global_batch_scale(runs, mnist):
@@ -127,7 +130,12 @@ def test_a_two_process_run_resumes_on_one_process(runs, mnist, tmp_path):
     assert [r.get("world_size", 1) for r in resumed.metrics["history"]] == [2, 1]
     alone = train(profile, "pgd_at", data=mnist, device=CPU, runs_root=tmp_path,
                   progress=False)
-    _assert_same_weights(alone.model.state_dict(), resumed.model.state_dict())
+    # two processes sum a batch's gradient in another order than one; on some CPUs' kernels
+    # (SSE4.1 path) the last bits flip the sign of a few PGD steps within epoch 1, and the
+    # runs part by up to 0.006 after epoch 1 and 0.014 after epoch 2 (AVX2 path: 1e-6).
+    # 0.05 is well below what a lost optimiser state or a skipped epoch 2 changes (0.19).
+    _assert_same_weights(alone.model.state_dict(), resumed.model.state_dict(), rtol=0,
+                         atol=0.05)
 
 
 def test_the_release_adt_exp_objective_is_scaled_to_the_global_batch():

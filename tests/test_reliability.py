@@ -53,6 +53,7 @@ from adt.runs import (
     run_dir,
     state_hash,
 )
+from adt.sanity import GradientMaskingWarning
 from adt.table import load_table
 from adt.train import train
 
@@ -112,7 +113,9 @@ def test_the_own_eval_json_is_reused(evaluated, mnist, monkeypatch) -> None:
     _, run, table, _ = evaluated
     monkeypatch.setattr(evaluate, "robustness_table", _no_attacks)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reused silently
+        warnings.simplefilter("error")  # reused silently ...
+        # ... but for the table's own failed checks, if any (they depend on the model)
+        warnings.simplefilter("ignore", GradientMaskingWarning)
         reused = evaluate_run(run, mnist, progress=False)
     assert torch.equal(reused.correct, table.correct)
 

@@ -19,7 +19,7 @@ from adt.protocol import (
     full_autoattack,
     white_box_attacks,
 )
-from adt.sanity import SanityChecks, pgd_close_to_autoattack
+from adt.sanity import SanityChecks, pgd_close_to_autoattack, score_based_only
 from adt.table import RobustnessTable
 
 EPS = 0.3
@@ -61,45 +61,116 @@ def test_the_runner_cascade_equals_torchattacks_cascade() -> None:
     assert torch.equal(table.row("AutoAttack") & table.row("Clean"), direct)
 
 
-class PartlyMasked(nn.Module):
-    """Mild gradient masking: the same function as ``model``, but inputs whose top-left
-    pixel is above 0.5 (marked images; +-0.3 cannot cross it) pass no gradient. Gradient
-    attacks see a flat loss on the marked images only; a score-based attack does not care."""
+class Tripwire(nn.Module):
+    """Mild gradient masking by construction, on a known batch of ``anchors`` (images more
+    than 2 eps apart in l_inf, so an input in an anchor's eps ball is judged against that
+    anchor; ``labels`` their labels). The logits are the features through an identity
+    ``nn.Linear`` (FeaAttack hooks its input).
 
-    def __init__(self, model: nn.Module) -> None:
+    * The first ``masked`` anchors pass no gradient at all, and their prediction turns from
+      the label to the next class once more than ``trip`` pixels moved by 0.99 eps or more
+      (each such pixel lowers the margin). Gradient attacks can only leave such an image at
+      their random start, which takes at most 1 % of the pixels that far (a handful of 784,
+      at most 14 in 1,200 draws; more than ``trip`` = 100 has a probability below 1e-40),
+      so they never break it; Square sets whole squares to +-eps, climbs the margin and
+      breaks every one.
+    * The others are linear in the input, their gradient pointing straight at the next
+      class: FGSM already breaks them, so no example is left for Square to break alone.
+    """
+
+    def __init__(self, anchors: torch.Tensor, labels: torch.Tensor, masked: int,
+                 epsilon: float = EPS, trip: int = 100) -> None:
         super().__init__()
-        self.model = model
+        flat = anchors.flatten(1)
+        gaps = (flat[:, None] - flat[None]).abs().amax(2) + 2 * torch.eye(len(flat))
+        assert float(gaps.min()) > 2 * epsilon, "anchors closer than 2 eps: ambiguous"
+        self.register_buffer("anchors", flat)
+        self.register_buffer("labels", labels)
+        self.masked, self.epsilon, self.trip = masked, epsilon, trip
+        self.head = nn.Linear(10, 10)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(10))
+            self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        marked = (x[:, :, 0, 0] > 0.5).flatten()
-        return torch.where(marked[:, None], self.model(x.detach()), self.model(x))
+        flat = x.flatten(1)
+        index = (flat[:, None] - self.anchors[None]).abs().amax(2).argmin(1)
+        anchor, label = self.anchors[index], self.labels[index]
+        delta = flat - anchor
+        push = 10 * (delta * torch.where(anchor < 0.5, 1.0, -1.0)).mean(1)  # a gradient
+        moved = (delta.abs() >= 0.99 * self.epsilon).sum(1).to(x.dtype)  # no gradient
+        masked = index < self.masked
+        on_label = torch.where(masked, 1 + 0.5 / self.trip, 1 - push)
+        on_next = torch.where(masked, moved / self.trip, push)
+        features = torch.zeros(len(x), 10, dtype=x.dtype, device=x.device)
+        features = features.scatter(1, label[:, None], on_label[:, None])
+        features = features.scatter(1, ((label + 1) % 10)[:, None], on_next[:, None])
+        return self.head(features)
 
 
-def test_mild_masking_is_flagged_and_a_rob_includes_square() -> None:
-    model, data = trained_small_cnn()
+MASKED = 8  # of 48 images
+
+
+@pytest.fixture(scope="module")
+def mildly_masked() -> RobustnessTable:
+    """The cheap protocol (AutoAttack: APGD-CE+T, then Square on its survivors) and the
+    sanity checks on a Tripwire model masking the first 8 of 48 test images."""
+    _, data = trained_small_cnn()  # the data only
     x, y = data.test_tensors(48)
-    x = x.clone()
-    x[:16, :, 0, 0] = 1.0  # the first 16 images are masked
     settings = EvalSettings(pgd_steps=(5, 10), mim_steps=5, cw_steps=5, fea_steps=5,
                             fea_targets=2, autoattack="cheap", autoattack_steps=10,
                             autoattack_targets=2, square_queries=500, sanity_restarts=2)
-    attacks = white_box_attacks(settings, EPS)
-    masked_model = PartlyMasked(model).eval()
     with pytest.warns(UserWarning, match="score_only"):
-        table = robustness_table(masked_model, (x, y), attacks, batch_size=48,
-                                 sanity=SanityChecks.from_settings(settings, EPS))
-    check = next(c for c in table.checks if c.name == "score_only[AutoAttack]")
-    assert check.failed and check.values["count"] >= 5
-    assert set(check.values["examples"]) <= set(range(16))  # only masked images
+        return robustness_table(Tripwire(x, y, MASKED).eval(), (x, y),
+                                white_box_attacks(settings, EPS), batch_size=48,
+                                sanity=SanityChecks.from_settings(settings, EPS))
+
+
+def _assert_masking_flagged_and_in_a_rob(table: RobustnessTable) -> None:
+    """The masked images, and only they, survive every gradient attack; score_only names
+    exactly them; Square breaks them, and A_rob counts that."""
+    checks = {c.name: c for c in table.checks}
+    check = checks.get("score_only[AutoAttack]")
+    assert check is not None and check.failed
+    assert check.values["count"] == MASKED and check.values["examples"] == list(range(MASKED))
     gradient_rows = [s["name"] for s in table.specs
                      if s["kind"] in ("clean", "white") and not s["score_based"]]
-    gradient_only = float(table.worst_case(gradient_rows).float().mean())
-    assert table.robust_accuracy < gradient_only  # Square lowers A_rob ...
+    gradient_only = table.worst_case(gradient_rows)
+    assert gradient_only.nonzero().flatten().tolist() == list(range(MASKED))
     everything = table.worst_case(table.names_of("clean", "white"))
-    assert table.robust_accuracy == float(everything.float().mean())  # ... and A_rob holds it
+    assert int(everything.sum()) == 0  # Square broke every masked image ...
+    assert table.robust_accuracy == pytest.approx(float(everything.float().mean()))  # ... in A_rob
+
+
+def test_mild_masking_is_flagged_and_a_rob_includes_square(mildly_masked) -> None:
+    """Masking on 8 of 48 images, certain by construction (Tripwire), fails the score_only
+    check, which names those 8, and lowers A_rob from 8/48 (gradient attacks) to 0."""
+    _assert_masking_flagged_and_in_a_rob(mildly_masked)
+    assert mildly_masked.robust_accuracy == 0.0
+
+
+def test_the_masking_test_fails_when_the_check_is_off(mildly_masked, monkeypatch) -> None:
+    """The assertions above have teeth: with score_based_only reporting "passed" (the check
+    switched off), the same table fails them."""
+    import dataclasses
+
+    import adt.sanity
+
+    def switched_off(table, checks):
+        return [dataclasses.replace(c, status="passed")
+                for c in score_based_only(table, checks)]
+
+    monkeypatch.setattr(adt.sanity, "score_based_only", switched_off)
+    table = dataclasses.replace(mildly_masked, checks=adt.sanity.run_checks(mildly_masked))
+    assert {c.name: c.status for c in table.checks}["score_only[AutoAttack]"] == "passed"
+    with pytest.raises(AssertionError):
+        _assert_masking_flagged_and_in_a_rob(table)
 
 
 def test_an_unmasked_model_passes_the_new_checks() -> None:
+    """No false alarm on the trained model. Margins measured on 12 models, two kernel
+    paths: the gradient attacks leave none of the 48 examples standing (so Square can break
+    none alone), and PGD-10 is above AutoAttack by at most 1 example of the 3 allowed."""
     model, data = trained_small_cnn()
     x, y = data.test_tensors(48)
     settings = EvalSettings(pgd_steps=(5, 10), mim_steps=5, cw_steps=5, fea_steps=5,
@@ -176,23 +247,38 @@ def test_the_caption_names_every_attack_in_a_rob_with_its_budget() -> None:
         assert expected in text, (expected, text)
 
 
+def _survivors_table(n: int, survivors: list[int]) -> RobustnessTable:
+    """A table of n examples whose A_rob survivors are ``survivors`` (a clean row only)."""
+    correct = torch.zeros(1, n, dtype=torch.bool)
+    correct[0, survivors] = True
+    return RobustnessTable([CLEAN.describe()], correct, [n], [0.0])
+
+
 def test_the_original_autoattack_runs_on_the_a_rob_survivors_and_is_reused(tmp_path,
                                                                            monkeypatch) -> None:
+    """The original AutoAttack runs on exactly the survivors of A_rob (planted: 0, 3 and 5
+    of 8), keeps its table and reuses it; with no survivors nothing runs and nothing is
+    written (the result, all False, needs no attack)."""
     import adt.evaluate as E
     from adt.profiles import get_profile
+    from adt.table import load_table
     from adt.train import train
 
-    _, data = trained_small_cnn()
-    profile = get_profile("smoke")
-    run = train(profile, "pgd_at", data=data, runs_root=tmp_path, progress=False)
-    table = E.evaluate_run(run, data, progress=False)
-    robust = E.full_autoattack_survivors(run, table, data, progress=False)
-    assert robust.shape == (table.n_examples,) and robust.dtype == torch.bool
-    assert bool((robust <= table.worst_case()).all())  # only A_rob's survivors can stay
-    assert (run.path / E.FULL_AUTOATTACK_FILE).is_file()
-
     def no_attacks(*args, **kwargs):
-        raise AssertionError("the stored original-AutoAttack run should have been reused")
+        raise AssertionError("no attack should have run")
 
+    _, data = trained_small_cnn()
+    run = train(get_profile("smoke"), "pgd_at", data=data, runs_root=tmp_path, progress=False)
+    path = run.path / E.FULL_AUTOATTACK_FILE
+    with monkeypatch.context() as m:
+        m.setattr(E, "robustness_table", no_attacks)
+        none = E.full_autoattack_survivors(run, _survivors_table(8, []), data, progress=False)
+    assert none.tolist() == [False] * 8 and not path.exists()
+
+    table = _survivors_table(8, [0, 3, 5])
+    robust = E.full_autoattack_survivors(run, table, data, progress=False)
+    assert robust.shape == (8,) and robust.dtype == torch.bool
+    assert bool((robust <= table.worst_case()).all())  # only A_rob's survivors can stay
+    assert load_table(path).meta["config"]["examples"] == [0, 3, 5]  # attacked: those only
     monkeypatch.setattr(E, "robustness_table", no_attacks)
     assert torch.equal(E.full_autoattack_survivors(run, table, data, progress=False), robust)

@@ -1,17 +1,21 @@
 """Choosing a CPU profile's training recipe on held-out training images, never on the test set.
 
-The rule is fixed before any result is read (REPRODUCTION.md, "How the quick recipe was
-chosen"), and it looks at the baselines only, so the method under test cannot steer it:
+The rule is fixed before any result of an ADT method is read, and it looks at the
+baselines only, so the method under test cannot steer it:
 
 1. Hold out the last ``validation_examples`` training images as a validation split
    (:func:`validation_split`); train on the rest.
 2. For every (learning rate, epochs) of the grid, train PGD-AT and TRADES (seed 0) with
    :func:`recipe_for`'s schedule, and measure each on the validation split under
    APGD-CE+T (AutoAttack's gradient attacks, the cheap version): the **score** of a
-   setting is the mean of the two accuracies.
-3. The chosen setting is the cheapest one (fewest epochs, then lowest learning rate) whose
-   score is within ``tolerance`` (1 point) of the best score; every method then trains
-   with it.
+   setting is the mean of the two accuracies. The monitor of each run watches the
+   validation images too.
+3. A setting is **eligible** when both baselines pass the *converged* gate of
+   :mod:`adt.gates` on their validation monitor (the last two epochs within 3 points).
+4. The chosen setting is the cheapest eligible one (fewest epochs, then lowest learning
+   rate) whose score is within ``tolerance`` (1 point) of the best eligible score; every
+   method then trains with it. With no eligible setting, the rule says so and takes the
+   cheapest within 1 point of the best of all.
 
 ``python -m adt.tune --profile quick`` runs the grid (reusing finished runs and their
 validation results, ``validation.json`` in each run folder) and writes
@@ -30,6 +34,7 @@ from typing import Any
 
 from adt._checks import check_int_at_least
 from adt.data import ImageDataset, load_dataset
+from adt.gates import converged
 from adt.io import read_json, write_json
 from adt.profiles import Profile, get_profile
 from adt.protocol import autoattack_specs
@@ -66,15 +71,18 @@ def recipe_for(epochs: int, lr: float) -> dict[str, Any]:
             "epsilon_warmup_epochs": 2}
 
 
-def choose(scores: dict[tuple[float, int], float], tolerance: float = 0.01
-           ) -> tuple[float, int]:
-    """The rule (module docstring, step 3): the cheapest (fewest epochs, then lowest lr)
-    grid point whose score is within ``tolerance`` of the best."""
+def choose(scores: dict[tuple[float, int], float], tolerance: float = 0.01,
+           eligible: set[tuple[float, int]] | None = None) -> tuple[float, int]:
+    """The rule (module docstring, steps 3-4): among the ``eligible`` grid points (all when
+    None or when none is), the cheapest (fewest epochs, then lowest lr) whose score is
+    within ``tolerance`` of the best."""
     if not scores:
         raise ValueError("no scores to choose from; run the grid first")
-    best = max(scores.values())
-    eligible = [key for key, score in scores.items() if score >= best - tolerance]
-    return min(eligible, key=lambda key: (key[1], key[0]))
+    pool = {k: v for k, v in scores.items() if k in eligible} if eligible else {}
+    pool = pool or scores
+    best = max(pool.values())
+    near = [key for key, score in pool.items() if score >= best - tolerance]
+    return min(near, key=lambda key: (key[1], key[0]))
 
 
 def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
@@ -92,7 +100,7 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
     n_train = (base.train_examples or len(data.x_train))
     data = validation_split(data.subset(train=n_train), validation_examples)
     gradient, _ = autoattack_specs(base.eval, base.train_epsilon, data.spec.num_classes)
-    points, scores = [], {}
+    points, scores, eligible = [], {}, set()
     for lr, epochs in itertools.product(grid["lr"], grid["epochs"]):
         variant = base.replace(train_examples=n_train - validation_examples,
                                monitor_examples=validation_examples,
@@ -115,17 +123,22 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
                                 "monitor_pgd": [h["pgd_accuracy"]
                                                 for h in run.metrics["history"]],
                                 "train_time_s": sum(h["train_time_s"]
-                                                    for h in run.metrics["history"])}
+                                                    for h in run.metrics["history"]),
+                                "converged": converged(run.metrics["history"]).passed}
         score = sum(a[gradient.name] for a in accuracy.values()) / len(accuracy)
         scores[lr, epochs] = score
-        points.append({"lr": lr, "epochs": epochs, "score": score, "accuracy": accuracy})
+        if all(a["converged"] for a in accuracy.values()):
+            eligible.add((lr, epochs))
+        points.append({"lr": lr, "epochs": epochs, "score": score, "accuracy": accuracy,
+                       "eligible": (lr, epochs) in eligible})
         if progress:
             print(f"lr {lr:g}, {epochs} epochs: score {100 * score:.1f}", flush=True)
-    lr, epochs = choose(scores)
+    lr, epochs = choose(scores, eligible=eligible)
     return {"profile": base.name, "seed": seed, "validation_examples": validation_examples,
             "train_examples": n_train - validation_examples, "methods": list(methods),
             "attack": gradient.describe(), "rule": __doc__.split("The rule")[1].strip(),
-            "points": points, "chosen": {"lr": lr, "epochs": epochs,
+            "points": points, "any_eligible": bool(eligible),
+            "chosen": {"lr": lr, "epochs": epochs,
                                          "recipe": recipe_for(epochs, lr)}}
 
 

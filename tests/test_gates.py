@@ -104,38 +104,34 @@ def test_the_gates_import_no_torch():
 
 # --- 1. converged -----------------------------------------------------------------------------
 
-def test_converged_reads_the_last_epochs_before_the_decay():
-    # epochs 1-4 at the top lr, epoch 5 decayed: its jump does not count
-    history = _history([0.3, 0.6, 0.70, 0.72, 0.90], [0.01] * 4 + [0.001])
+def test_converged_reads_the_annealed_end_of_the_schedule():
+    # epochs 1-6 at the top lr, 7 and 8 decayed: the last two settled
+    history = _history([0.1, 0.3, 0.6, 0.7, 0.78, 0.86, 0.89, 0.90], [0.05] * 6 + [0.005] * 2)
     gate = converged(history, model="AT (PGD)")
-    assert gate.passed and gate.value == pytest.approx(0.02)
-    assert "3: 0.700" in gate.detail and "4: 0.720" in gate.detail and "5:" not in gate.detail
-    # the same from the recipe's milestones
-    assert converged(history, decay_epochs=(4,)).value == pytest.approx(0.02)
-    # no decay: every epoch is at the top lr, so the last two are 4 and 5
-    assert not converged(history, decay_epochs=()).passed
+    assert gate.passed and gate.value == pytest.approx(0.01)
+    assert "7: 0.890" in gate.detail and "8: 0.900" in gate.detail and "6:" not in gate.detail
+    assert "lr 0.005" in gate.detail
+    # a window across the decay sees its jump: one decayed epoch is not enough
+    jump = converged(_history([0.3, 0.6, 0.70, 0.72, 0.90], [0.01] * 4 + [0.001]))
+    assert not jump.passed and "across a learning-rate decay" in jump.detail
 
 
 def test_converged_fails_on_a_trend_and_holds_at_the_boundary():
-    lrs = [0.1, 0.1, 0.1, 0.01]
-    assert not converged(_history([0.5, 0.6, 0.7, 0.7], lrs)).passed  # 0.6 -> 0.7
-    assert converged(_history([0.5, 0.6, 0.63, 0.9], lrs)).passed  # exactly 3 points
-    assert not converged(_history([0.5, 0.6, 0.6301, 0.9], lrs)).passed
-    assert converged(_history([0.5, 0.6, 0.7, 0.7], lrs), max_change=0.1).passed
+    lrs = [0.1, 0.1, 0.01, 0.01]
+    assert not converged(_history([0.5, 0.6, 0.6, 0.7], lrs)).passed  # 0.6 -> 0.7
+    assert converged(_history([0.5, 0.6, 0.6, 0.63], lrs)).passed  # exactly 3 points
+    assert not converged(_history([0.5, 0.6, 0.6, 0.6301], lrs)).passed
+    assert converged(_history([0.5, 0.6, 0.6, 0.7], lrs), max_change=0.1).passed
     # last=3 takes the range over the window
-    three = converged(_history([0.60, 0.65, 0.62, 0.2], lrs), last=3)
+    three = converged(_history([0.2, 0.60, 0.65, 0.62], lrs), last=3)
     assert three.value == pytest.approx(0.05) and not three.passed
 
 
-def test_converged_with_few_top_lr_epochs():
-    # fewer than `last`: compare over those there are
-    two = converged(_history([0.5, 0.51, 0.9], [0.1, 0.1, 0.01]), last=4)
+def test_converged_with_few_epochs():
+    two = converged(_history([0.5, 0.51], [0.1, 0.1]), last=4)  # fewer than `last`: all
     assert two.passed and two.value == pytest.approx(0.01)
-    # one: nothing to compare, a clear failure
-    one = converged(_history([0.5, 0.9], [0.1, 0.01]))
-    assert not one.passed and one.value is None and "only 1 epoch" in one.detail
     single = converged(_history([0.5], [0.05]))  # the smoke profile's one epoch
-    assert not single.passed
+    assert not single.passed and single.value is None and "only 1 epoch" in single.detail
     assert not converged([]).passed
     unsorted = list(reversed(_history([0.5, 0.6, 0.61], [0.1, 0.1, 0.1])))
     assert converged(unsorted).value == pytest.approx(0.01)

@@ -39,6 +39,13 @@ def test_the_rule_takes_the_cheapest_point_within_one_point_of_the_best() -> Non
         choose({})
 
 
+def test_only_settings_whose_baselines_converged_are_eligible() -> None:
+    scores = {(0.05, 5): 0.80, (0.05, 8): 0.79, (0.02, 8): 0.70}
+    assert choose(scores) == (0.05, 5)
+    assert choose(scores, eligible={(0.05, 8), (0.02, 8)}) == (0.05, 8)
+    assert choose(scores, eligible=set()) == (0.05, 5)  # none eligible: the rule on all
+
+
 def test_the_rule_looks_at_the_baselines_only() -> None:
     assert set(TUNED_ON) == {"pgd_at", "trades"}
     assert set(GRID) == {"lr", "epochs"}

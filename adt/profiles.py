@@ -275,10 +275,12 @@ _QUICK = Profile(
     # normalised generator input: the release's raw gradients are ~1e-4 of the pixels here
     # and the generators learn no attack from them (REPRODUCTION.md, ledger row b)
     methods=MethodSettings(am_ngf=8, am_conditioning="normalised"),
-    eval=EvalSettings(n_examples=500, batch_size=250, pgd_steps=(20, 100), fea_targets=3,
+    # 250 test images per seed: robust models make every attack run on most images, and
+    # three seeds of six models must fit the 2-core budget
+    eval=EvalSettings(n_examples=250, batch_size=250, pgd_steps=(20, 100), fea_targets=3,
                       autoattack="cheap", autoattack_targets=3, square_queries=1000,
-                      # the original AutoAttack on 50 random images of every seed
-                      full_autoattack_reference=True, full_autoattack_examples=50,
+                      # the original AutoAttack on 40 random images of every seed (120 in all)
+                      full_autoattack_reference=True, full_autoattack_examples=40,
                       spsa_examples=100, spsa_iterations=10, spsa_samples=64,
                       spsa_lr=0.1, sanity_restarts=2,
                       # standard and amortised models fall between 0.1 and 0.75 eps, AT

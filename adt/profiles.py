@@ -275,9 +275,9 @@ _QUICK = Profile(
     # normalised generator input: the release's raw gradients are ~1e-4 of the pixels here
     # and the generators learn no attack from them (REPRODUCTION.md, ledger row b)
     methods=MethodSettings(am_ngf=8, am_conditioning="normalised"),
-    # 250 test images per seed: robust models make every attack run on most images, and
+    # 200 test images per seed: robust models make every attack run on most images, and
     # three seeds of six models must fit the 2-core budget
-    eval=EvalSettings(n_examples=250, batch_size=250, pgd_steps=(20, 100), fea_targets=3,
+    eval=EvalSettings(n_examples=200, batch_size=200, pgd_steps=(20, 100), fea_targets=3,
                       autoattack="cheap", autoattack_targets=3, square_queries=1000,
                       # the original AutoAttack on 40 random images of every seed (120 in all)
                       full_autoattack_reference=True, full_autoattack_examples=40,

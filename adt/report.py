@@ -208,7 +208,9 @@ class Context:
             "notebook": f"notebooks/{self.notebook}.ipynb", "caption": caption,
             "profile": self.profile.name, "dataset": self.profile.dataset,
             "model": self.profile.model, "model_kwargs": dict(self.profile.model_kwargs),
-            "seeds": list(self.seeds), "n_examples": n_examples,
+            # the seeds actually used: those of the runs behind the artefact
+            "seeds": sorted({r.seed for r in runs if isinstance(r, Run)}) or list(self.seeds),
+            "n_examples": n_examples,
             "runs": [self.relative(r.path if isinstance(r, Run) else r) for r in runs],
             **(extra or {})})
 

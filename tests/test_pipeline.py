@@ -137,6 +137,31 @@ def test_smoke_leaves_the_committed_notebooks_alone(smoke: Smoke) -> None:
     assert smoke.notebooks_untouched
 
 
+def _caption_names(caption: str, seeds: list[int], n_examples: int | None) -> list[str]:
+    """What a caption fails to name of its manifest entry: its seeds and its image count."""
+    missing = []
+    seed_texts = ([f"seed {seeds[0]}", f"seeds {seeds}"] if len(seeds) == 1
+                  else [f"seeds {seeds}"])
+    if not any(t in caption for t in seed_texts):
+        missing.append(f"seeds {seeds}")
+    if n_examples is not None and not any(
+            t in caption for t in (f"{n_examples} test", f"{n_examples} images",
+                                   f"{n_examples:,} test", f"first {n_examples}")):
+        missing.append(f"{n_examples} images")
+    return missing
+
+
+@pytest.mark.parametrize("which", ["smoke", "committed"])
+def test_captions_name_the_seeds_and_images_of_their_manifest_entry(smoke: Smoke,
+                                                                    which: str) -> None:
+    """Every caption of an artefact made from runs names the seeds of those runs and the
+    number of test images the manifest records for it."""
+    manifest = smoke.manifest if which == "smoke" else read_json(COMMITTED)
+    problems = {name: _caption_names(e["caption"], e["seeds"], e.get("n_examples"))
+                for name, e in manifest["artefacts"].items() if e.get("runs")}
+    assert not {k: v for k, v in problems.items() if v}, problems
+
+
 def test_smoke_claims_give_no_finding(smoke: Smoke) -> None:
     """Under smoke (one epoch, one seed) the gates leave no supported and no not-reproduced
     verdict: every claim of CLAIMS.md is inconclusive or not testable here."""

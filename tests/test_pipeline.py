@@ -141,7 +141,7 @@ def _caption_names(caption: str, seeds: list[int], n_examples: int | None) -> li
     """What a caption fails to name of its manifest entry: its seeds and its image count."""
     missing = []
     seed_texts = ([f"seed {seeds[0]}", f"seeds {seeds}"] if len(seeds) == 1
-                  else [f"seeds {seeds}"])
+                  else [f"seeds {seeds}", f"seeds {', '.join(map(str, seeds))}"])
     if not any(t in caption for t in seed_texts):
         missing.append(f"seeds {seeds}")
     if n_examples is not None and not any(

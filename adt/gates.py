@@ -42,7 +42,7 @@ from adt.stats import VERDICTS, Comparison, Interval
 
 __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE",
            "BUDGET_SENSITIVE", "GATED_VERDICTS", "GATE_KINDS", "UNRELIABLE_COLUMNS",
-           "CONVERGED_LAST", "CONVERGED_MAX_CHANGE", "BASELINE_FLOOR", "TRADES_RATIO",
+           "CONVERGED_LAST", "CONVERGED_MAX_CHANGE", "CONVERGED_MIN_CLEAN", "BASELINE_FLOOR", "TRADES_RATIO",
            "A_ROB_MAX_GAP", "A_ROB_MIN_EXAMPLES", "GENERATOR_MIN_MARGIN",
            "CLONE_MAX_AGREEMENT", "CLONE_MAX_TRANSFER_GAP", "MIN_SEEDS", "COST_MAX_SPREAD", "COST_MIN_REPEATS",
            "converged", "stable_under_budget", "credible_baseline", "credible_trades",
@@ -72,6 +72,10 @@ CONVERGED_LAST = 2
 #: images (sqrt(0.8 * 0.2 / 500) = 1.8 points); the change is paired (the same images at
 #: consecutive epochs), so a larger one is a trend, not noise.
 CONVERGED_MAX_CHANGE = 0.03
+#: ... and the run trained at all: its last monitored clean accuracy is at least 0.5 (chance
+#: is 0.1 on the 10-class datasets). Added after a quick ADT_EXP run stayed at chance for
+#: all its epochs, a flat curve the change criterion alone passes (REPRODUCTION.md).
+CONVERGED_MIN_CLEAN = 0.5
 #: PGD-AT's AutoAttack accuracy (mean over seeds) must reach 75 %. Published full-MNIST
 #: numbers at epsilon 0.3 (60,000 training images, tens of epochs; Croce & Hein 2020):
 #: AutoAttack leaves 88.43 % for Madry et al.'s PGD-AT and 92.76 % for TRADES. The floor is
@@ -210,7 +214,8 @@ def _fraction(value: float, what: str, example: str) -> float:
 # --- 1. convergence --------------------------------------------------------------------------
 
 def converged(history: Sequence[Mapping[str, Any]], *, last: int = CONVERGED_LAST,
-              max_change: float = CONVERGED_MAX_CHANGE, model: str = "") -> Gate:
+              max_change: float = CONVERGED_MAX_CHANGE, min_clean: float = CONVERGED_MIN_CLEAN,
+              model: str = "") -> Gate:
     """The run ended on a plateau: over its last ``last`` epochs (the annealed end of the
     schedule, after the final learning-rate decay when the schedule gives it at least
     ``last`` epochs) the monitored PGD accuracy ranges over at most ``max_change``.
@@ -220,6 +225,8 @@ def converged(history: Sequence[Mapping[str, Any]], *, last: int = CONVERGED_LAS
     jump and fails: a schedule needs ``last`` epochs at its final rate to pass. Whether
     more epochs would change a verdict is the budget gate's question
     (:func:`stable_under_budget`). With one epoch there is nothing to compare: it fails.
+    A run whose last monitored clean accuracy is below ``min_clean`` never trained (a flat
+    curve at chance is not a plateau): it fails too.
     """
     check_int_at_least(last, 2, "last", "2")
     check_nonnegative(max_change, "max_change", "0.03")
@@ -239,10 +246,13 @@ def converged(history: Sequence[Mapping[str, Any]], *, last: int = CONVERGED_LAS
     where = (f"lr {rates[0]:g}" if len(rates) == 1 else
              "across a learning-rate decay (" + ", ".join(f"{r:g}" for r in rates) + ")")
     shown = ", ".join(f"{r['epoch']}: {a:.3f}" for r, a in zip(window, accuracies, strict=True))
-    passed = _at_most(change, max_change)
-    return Gate("converged", model, change, threshold, passed,
-                f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}",
-                "" if passed else "still changing")
+    clean = float(window[-1].get("clean_accuracy", 1.0))
+    learned = _at_least(clean, min_clean)
+    passed = _at_most(change, max_change) and learned
+    return Gate("converged", model, change, threshold + f"; clean >= {min_clean:g}", passed,
+                f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}"
+                + ("" if learned else f"; clean accuracy {clean:.3f}: the run never trained"),
+                "" if passed else "still changing" if learned else "never trained")
 
 
 # --- 2. budget ------------------------------------------------------------------------------

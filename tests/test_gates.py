@@ -78,6 +78,7 @@ def test_a_gate_is_frozen_and_gives_a_table_row():
 def test_thresholds_are_the_module_constants():
     defaults = {(converged, "max_change"): G.CONVERGED_MAX_CHANGE,
                 (converged, "last"): G.CONVERGED_LAST,
+                (converged, "min_clean"): G.CONVERGED_MIN_CLEAN,
                 (credible_baseline, "floor"): G.BASELINE_FLOOR,
                 (credible_trades, "ratio"): G.TRADES_RATIO,
                 (a_rob_close_to_full_autoattack, "max_gap"): G.A_ROB_MAX_GAP,
@@ -125,6 +126,17 @@ def test_converged_fails_on_a_trend_and_holds_at_the_boundary():
     # last=3 takes the range over the window
     three = converged(_history([0.2, 0.60, 0.65, 0.62], lrs), last=3)
     assert three.value == pytest.approx(0.05) and not three.passed
+
+
+def test_a_run_that_never_trained_is_not_converged():
+    flat = [{"epoch": e, "lr": 0.05, "pgd_accuracy": 0.084, "clean_accuracy": 0.084}
+            for e in range(1, 9)]
+    gate = converged(flat, model="ADT_EXP seed 2")
+    assert not gate.passed and gate.value == 0.0 and gate.reason == "never trained"
+    assert "never trained" in gate.detail
+    trained = [dict(r, clean_accuracy=0.97) for r in flat]
+    assert converged(trained).passed
+    assert converged(flat, min_clean=0.05).passed
 
 
 def test_converged_with_few_epochs():

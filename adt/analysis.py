@@ -44,7 +44,7 @@ from adt.primitives import (
 )
 from adt.runtime import device_of, per_example
 
-__all__ = ["Sampler", "PCA2D", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
+__all__ = ["Sampler", "PCA2D", "generator_sample_correct", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
            "PowerIteration", "hessian_power_iteration", "compare_per_image",
            "distribution_robust_accuracy", "tanh_gaussian_sampler", "implicit_sampler",
@@ -343,6 +343,27 @@ def distribution_robust_accuracy(model: nn.Module, sampler: Sampler, x: torch.Te
             pred = model(images.flatten(0, 1)).argmax(1).view(n, len(x))
             robust &= (pred == y).all(0)
     return robust
+
+
+def generator_sample_correct(maximizer: nn.Module, model: nn.Module, x: torch.Tensor,
+                             y: torch.Tensor) -> torch.Tensor:
+    """Which images ``model`` still classifies correctly under one draw of an amortised
+    maximiser's perturbation, the generator conditioned on ``model`` itself (the "working
+    generator" gate: an attack that lowers a frozen Standard model's accuracy at least as
+    much as FGSM does). ``maximizer`` is an ``AmortizedExplicitADT`` or
+    ``AmortizedImplicitADT``; both modules run in eval mode (their modes are restored), so
+    the draw changes no BatchNorm statistic. Returns ``(B,)`` bools."""
+    x, y = _on_model_device(model, x, y)
+    modes = [(m, m.training) for m in (maximizer, model)]
+    maximizer.eval()
+    model.eval()
+    try:
+        x_adv = maximizer(model, x, y).x.detach()
+        with torch.no_grad():
+            return model(x_adv).argmax(1) == y
+    finally:
+        for module, mode in modes:
+            module.train(mode)
 
 
 # ----------------------------------------------------------------------------- samplers

@@ -43,7 +43,7 @@ from adt.profiles import PROFILES, Profile, get_profile
 from adt.runtime import autocast, eval_mode, resolve_device
 from adt.train import train_step
 
-__all__ = ["time_train_steps", "reference_adt_exp_step",
+__all__ = ["time_train_steps", "cost_ratios", "reference_adt_exp_step",
            "benchmark_training", "benchmark_attacks", "main"]
 
 #: The classifier shapes the benchmark knows, with the dataset whose images they take.
@@ -194,6 +194,55 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
                              warmup, steps, repeats, len(x), passes))
     _add_ratios(rows)
     return rows
+
+
+def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
+                baseline: str = "pgd_at", batch_size: int = 64, repeats: int = 5,
+                steps: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
+                model_name: str | None = None) -> dict[str, list[float]]:
+    """A controlled cost benchmark for the cost claims: per repetition, the ratio of each
+    method's per-image training-step time to ``baseline``'s in the same repetition.
+
+    Each method's model and maximiser (``profile``'s, on random data of its dataset's
+    shape) are built once and warmed up with ``warmup`` steps. Then, ``repeats`` times, the
+    methods take ``steps`` training steps (:func:`adt.train.train_step`) each, one method
+    after the other, the order rotated by one place every repetition, so that drifts of the
+    machine's speed (other work, heat, frequency) hit every method alike and the ratio is
+    taken within a repetition. Returns method -> ``repeats`` ratios (``baseline``'s are
+    exactly 1; it is timed even when not in ``methods``); :func:`adt.gates.cost_measured`
+    judges whether the repetitions agree. The fast path (bf16 autocast, channels_last) is
+    on for CUDA as in the trainer.
+    """
+    if isinstance(profile, str):
+        profile = get_profile(profile)
+    dev = resolve_device(device)
+    fast = dev.type == "cuda"
+    model_name = model_name or profile.model
+    check_choice(model_name, MODELS, "model")
+    check_int_at_least(batch_size, 1, "batch_size", "64")
+    _check_counts(warmup, steps, repeats)
+    order = list(dict.fromkeys([*methods, baseline]))
+    for method in order:
+        check_choice(method, METHODS, "method")
+    amp = functools.partial(autocast, dev, fast)
+    step_of: dict[str, Callable[[], Any]] = {}
+    for method in order:
+        model, x, y, spec = _setup(model_name, batch_size, dev, profile, fast)
+        maximizer = build_maximizer(method, profile.methods, spec, spec.epsilon).to(dev)
+        if fast:
+            maximizer = maximizer.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step_of[method] = functools.partial(train_step, model.train(), maximizer, optimizer,
+                                            x, y, amp)
+        for _ in range(warmup):
+            step_of[method]()
+    ratios: dict[str, list[float]] = {m: [] for m in order}
+    for rep in range(repeats):
+        shift = rep % len(order)
+        seconds = {m: _time(step_of[m], dev, 0, steps, 1) for m in order[shift:] + order[:shift]}
+        for m in order:  # the same batch for every method: the per-image ratio is this one
+            ratios[m].append(seconds[m] / seconds[baseline])
+    return {m: ratios[m] for m in order}
 
 
 def _measure(label: str, method: str, step: Callable[[], None], dev: torch.device, warmup: int,

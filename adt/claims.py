@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from adt.gates import GATED_VERDICTS, verdict_category
 from adt.io import markdown_table
 from adt.stats import Comparison, Interval, paired_comparison, seed_summary
 from adt.table import RobustnessTable
@@ -117,14 +118,17 @@ def format_effect(effect: Interval, *, scale: float = 100.0, unit: str = " point
 
 
 def claims_markdown(claims: Sequence[Claim], *, title: str, preamble: str,
-                    provenance: Mapping[str, Any]) -> str:
-    """The claims ledger as Markdown: a table of every claim, then where it came from."""
+                    provenance: Mapping[str, Any], sections: Sequence[str] = ()) -> str:
+    """The claims ledger as Markdown: a table of every claim (verdicts as
+    :func:`adt.gates.gated_verdict` reports them, counted by category), then ``sections``
+    (e.g. the gate table), then where it came from."""
     header = ["claim (paper)", "test", "effect [95% interval]", "verdict", "evidence",
               "departures that could explain a gap"]
-    counts = {v: sum(c.verdict == v for c in claims)
-              for v in ("supported", "contradicted", "inconclusive")}
+    counts = {v: sum(verdict_category(c.verdict) == v for c in claims) for v in GATED_VERDICTS}
     lines = [f"# {title}", "", preamble, "",
              "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
-             markdown_table(header, [c.row() for c in claims]), "",
-             "Produced by " + ", ".join(f"{k}: {v}" for k, v in provenance.items()) + "."]
+             markdown_table(header, [c.row() for c in claims]), ""]
+    for section in sections:
+        lines += [section, ""]
+    lines.append("Produced by " + ", ".join(f"{k}: {v}" for k, v in provenance.items()) + ".")
     return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ from adt.table import EVAL_FILE, RobustnessTable, load_table
 
 FULL_AUTOATTACK_FILE = "eval_full_autoattack.json"
 
-__all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors", "eval_path",
+__all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors", "full_autoattack_sample", "eval_path",
            "run_fingerprint", "pgd_accuracy", "FULL_AUTOATTACK_FILE",
            "check_deterministic", "RandomizedModelError", "checkpoint_attacks",
            "evaluate_checkpoint", "evaluate_released", "main"]
@@ -323,30 +323,48 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     return table
 
 
+def full_autoattack_sample(n_examples: int, k: int, seed: int) -> torch.Tensor:
+    """The examples (sorted indices into a table's ``n_examples``) that the original
+    AutoAttack reference covers for the run of seed ``seed``: all of them when ``k >=
+    n_examples``, else a uniform random sample of ``k`` drawn with the seed, a different
+    one per seed, so that pooled over seeds the reference represents the whole evaluation
+    rather than its first images."""
+    check_int_at_least(n_examples, 1, "n_examples", "500")
+    check_int_at_least(k, 1, "full_autoattack_examples", "100")
+    if k >= n_examples:
+        return torch.arange(n_examples)
+    generator = torch.Generator().manual_seed(1_000 + seed)
+    return torch.randperm(n_examples, generator=generator)[:k].sort().values
+
+
 def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDataset | None = None,
                               *, force: bool = False, autocast: bool = True,
                               progress: bool = True) -> torch.Tensor:
-    """Per example of ``table`` (the run's :func:`evaluate_run` table): robust under every
-    attack of its A_rob AND the original AutoAttack (:func:`~adt.protocol.full_autoattack`:
-    APGD-CE, APGD-T and FAB-T at 100 iterations and 9 targets, then Square at 5000 queries).
+    """Per example of the run's reference sample (:func:`full_autoattack_sample`, of
+    ``profile.eval.full_autoattack_examples`` of the ``table``'s examples): robust under
+    every attack of its A_rob AND the original AutoAttack
+    (:func:`~adt.protocol.full_autoattack`: APGD-CE, APGD-T and FAB-T at 100 iterations and
+    9 targets, then Square at 5000 queries).
 
-    The original AutoAttack runs only on the examples that survive A_rob (the others are
-    broken already), so ``table.robust_accuracy`` minus the mean of the result is exactly
-    how much a profile's cheaper protocol overstates A_rob against the original. Only the
-    first ``profile.eval.full_autoattack_examples`` examples are covered (the result has
-    that length). The run is kept as ``eval_full_autoattack.json`` and reused while the
-    survivors are the same.
+    The original AutoAttack runs only on the sampled examples that survive A_rob (the
+    others are broken already), so the mean of ``table.worst_case()[sample]`` minus the
+    mean of the result is exactly how much a profile's cheaper protocol overstates A_rob
+    against the original on the sample. The result has the sample's length, in the order
+    of :func:`full_autoattack_sample`. The run is kept as ``eval_full_autoattack.json``
+    and reused while the survivors are the same.
     """
-    survivors = table.worst_case()[:run.profile.eval.full_autoattack_examples]
-    index = survivors.nonzero().squeeze(1)
+    profile = run.profile
+    sample = full_autoattack_sample(table.n_examples, profile.eval.full_autoattack_examples,
+                                    run.seed)
+    survivors = table.worst_case()[sample]
+    index = sample[survivors]
     out = torch.zeros_like(survivors)
     if len(index) == 0:
         return out
-    profile = run.profile
     if data is None:
         data = load_dataset(profile.dataset, device=device_of(run.model))
     device = device_of(run.model)
-    x, y = _examples(data, len(survivors), device)
+    x, y = _examples(data, table.n_examples, device)
     attacks = [CLEAN, *full_autoattack(profile.train_epsilon,
                                        DATASETS[profile.dataset].num_classes)]
     config = {**_config(attacks, len(index), None), "examples": index.tolist()}
@@ -360,7 +378,7 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
         stored.meta.update(profile=profile.name, method=run.method, seed=run.seed,
                            run=str(run.path), config=config, run_fingerprint=fingerprint)
         stored.save(path)
-    out[index] = stored.worst_case()
+    out[survivors.nonzero().squeeze(1)] = stored.worst_case()
     return out
 
 

@@ -365,10 +365,11 @@ def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
         print(f"[adt.pipeline] stale: {problem}")
     if problems:
         print(f"[adt.pipeline] {len(problems)} problem(s): the committed outputs are not those "
-              "of the code in the tree; run `make reproduce`", file=sys.stderr)
+              "of the code in the tree; run `make reproduce` (it does not delete orphans: "
+              "delete each orphan named above, or regenerate it)", file=sys.stderr)
         return 1
     print("[adt.pipeline] fresh: every committed figure, table and notebook was produced by "
-          "the code in the tree")
+          "the code in the tree, and every file of the output folder is listed in its manifest")
     return 0
 
 
@@ -386,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-retrain", action="store_true")
     parser.add_argument("--check-fresh", action="store_true",
                         help="run nothing; say whether the committed figures, tables and "
-                             "notebooks were produced by the code in the tree (exit 1 if not)")
+                             "notebooks were produced by the code in the tree and no file of "
+                             "the output folder is missing from its manifest (exit 1 if not)")
     parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
                         help=f"names, in order (default: {' '.join(NOTEBOOKS)})")
     args = parser.parse_args(argv)

@@ -88,13 +88,15 @@ def colorbar_below(fig: Any, mappable: Any, column: Sequence[Any], label: str | 
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Run]], *, title: str,
-                         highlight: Sequence[str] = (), warmup_epochs: int = 0) -> Any:
+                         highlight: Sequence[str] = (), warmup_epochs: int = 0,
+                         gate_epochs: tuple[int, int] | None = None) -> Any:
     """Loss, clean and PGD accuracy (in %) per epoch from each run's ``metrics.json`` history.
 
-    One colour per method (seeds after the first drawn lighter); methods in
+    One colour per method (the first seed drawn opaque, the others lighter); methods in
     ``highlight`` solid, the others dotted (all solid when ``highlight`` is empty); the
-    epsilon ramp of the first ``warmup_epochs`` epochs is shaded. The legend is to the
-    right of the last panel.
+    epsilon ramp of the first ``warmup_epochs`` epochs is shaded; ``gate_epochs`` (first,
+    last) hatches, on the PGD panel, the epochs the "converged" gate of ``adt.gates``
+    compares. The legend is to the right of the last panel.
     """
     import matplotlib.pyplot as plt
 
@@ -113,6 +115,9 @@ def plot_training_curves(runs: Mapping[str, Sequence[Run]], *, title: str,
         ax.set_ylabel(label.format(steps=steps))
         if warmup_epochs:
             ax.axvspan(0.5, warmup_epochs + 0.5, color="k", alpha=0.06)
+    if gate_epochs is not None:
+        axes[2].axvspan(gate_epochs[0] - 0.3, gate_epochs[1] + 0.3, facecolor="none",
+                        edgecolor="0.4", hatch="///", lw=0, label="epochs of the converged gate")
     for ax in axes[1:]:
         percent_axis(ax)
     legend_outside(axes[-1])

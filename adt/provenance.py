@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPO
            "CUDA_PROFILES", "git_commit", "checkout_tag", "default_output_dir",
            "read_manifest", "manifest_artefacts", "record_artefact", "record_batch",
            "merge_manifests", "code_hashes", "notebook_code_hash", "file_hash",
-           "check_fresh"]
+           "check_fresh", "orphans"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "MANIFEST.json"
@@ -168,7 +169,8 @@ def check_fresh(output_dir: Path | None = None, notebooks_dir: Path | None = Non
     Fresh means: every artefact of ``output_dir/MANIFEST.json`` was made with today's
     ``adt/`` and today's code cells of its notebook, its files are the very files it wrote;
     every notebook of ``notebooks_dir`` was executed by the batch the manifest records, with
-    the code cells it holds now."""
+    the code cells it holds now; and ``output_dir`` holds no orphan, a file that no artefact
+    lists (see :func:`orphans`)."""
     root = Path(root)
     output_dir = Path(output_dir) if output_dir else root / "figures"
     notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
@@ -202,7 +204,57 @@ def check_fresh(output_dir: Path | None = None, notebooks_dir: Path | None = Non
                 problems.append(f"{name}: {path} is missing")
             elif entry.get("sha256", {}).get(file) != file_hash(path):
                 problems.append(f"{name}: {path} is not the file the notebook wrote")
+    for path in orphans(output_dir, manifest, notebooks_dir):
+        problems.append(f"{path}: an orphan, listed by no artefact of {output_dir / MANIFEST} "
+                        "(left by an older batch or put there by hand): delete it, or regenerate "
+                        "with `make reproduce` if a notebook should still write it")
     return problems
+
+
+def orphans(output_dir: Path, manifest: dict[str, Any] | None = None,
+            notebooks_dir: Path | None = None) -> list[Path]:
+    """The files under ``output_dir`` (recursively, ``tables/`` included) that its manifest
+    does not account for, sorted.
+
+    Accounted for: ``MANIFEST.json`` itself; every file an artefact lists (``files``,
+    relative to ``output_dir``: figures, ``tables/``, ``CLAIMS.md``); the executed notebooks
+    the batch records (``code.executed``/``code.notebooks``) when they lie in ``output_dir``
+    (``<output>/notebooks/`` of the non-committed profiles, or ``notebooks_dir``); the runs
+    an artefact lists as ``<output>/...`` (temporary profiles keep them there).
+
+    A subfolder holding its own ``MANIFEST.json`` (``figures/fashion/``, ``figures/cifar/``,
+    ``figures/paper/``: another profile's outputs) is another scope and is skipped whole;
+    check it with ``--output-dir`` pointing at it."""
+    output_dir = Path(output_dir)
+    if manifest is None:
+        manifest = read_manifest(output_dir)
+    artefacts = manifest.get("artefacts", {})
+    listed = {output_dir / MANIFEST}
+    run_dirs: list[Path] = []
+    for entry in artefacts.values():
+        if not isinstance(entry, dict):
+            continue
+        listed.update(output_dir / f for f in entry.get("files", []))
+        run_dirs.extend(output_dir / r.removeprefix("<output>/") for r in entry.get("runs", [])
+                        if isinstance(r, str) and r.startswith("<output>/"))
+    batch = manifest.get("code", {})
+    executed = {*batch.get("notebooks", {}), *batch.get("executed", {})}
+    folders = {output_dir / "notebooks"} | ({Path(notebooks_dir)} if notebooks_dir else set())
+    listed.update(folder / f"{name}.ipynb" for folder in folders for name in executed)
+    listed = {os.path.abspath(p) for p in listed}
+    run_dirs_norm = [os.path.abspath(d) for d in run_dirs]
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(output_dir):
+        here = Path(folder)
+        # another profile's scope: its own manifest, checked on its own
+        dirs[:] = sorted(d for d in dirs if not (here / d / MANIFEST).is_file())
+        for file in files:
+            path = here / file
+            norm = os.path.abspath(path)
+            if norm in listed or any(norm.startswith(d + os.sep) for d in run_dirs_norm):
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def merge_manifests(old: dict[str, Any], new: dict[str, Any],

@@ -1,8 +1,10 @@
 """`python -m adt.bench` at a tiny size: a well-formed table and JSON (speed is not asserted)."""
 
 import json
+import math
 
-from adt.bench import main
+from adt import bench
+from adt.bench import cost_ratios, main
 from adt.data import DATASETS
 from adt.methods import METHODS, build_maximizer
 from adt.profiles import get_profile
@@ -44,3 +46,24 @@ def test_attack_benchmark_compares_with_torchattacks(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["ours_images_per_second"] > 0 and result["torchattacks_images_per_second"] > 0
     assert "torchattacks" in capsys.readouterr().out
+
+
+def test_cost_ratios_are_interleaved_ratios_to_the_baseline():
+    ratios = cost_ratios("smoke", ("standard", "adt_exp"), batch_size=4, repeats=2, steps=1,
+                         warmup=0)
+    assert list(ratios) == ["standard", "adt_exp", "pgd_at"]  # the baseline is always timed
+    for values in ratios.values():
+        assert len(values) == 2 and all(v > 0 and math.isfinite(v) for v in values)
+    assert ratios["pgd_at"] == [1.0, 1.0]
+
+
+def test_cost_ratios_rotate_the_order_every_repetition(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "train_step", lambda model, maximizer, *args: calls.append(
+        type(maximizer).__name__))
+    ratios = cost_ratios(get_profile("smoke"), ("standard", "pgd_at", "trades"), batch_size=2,
+                         repeats=4, steps=1, warmup=1)
+    assert all(len(v) == 4 for v in ratios.values()) and ratios["pgd_at"] == [1.0] * 4
+    order = ["Clean", "PGD", "TRADES"]
+    assert calls[:3] == order  # warm-up, then one step each, rotated by one every repetition
+    assert calls[3:] == [*order, *order[1:], order[0], order[2], *order[:2], *order]

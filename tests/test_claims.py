@@ -81,12 +81,18 @@ def test_equivalence_verdict():
 
 def test_claims_markdown_counts_verdicts_and_lists_every_claim():
     claims = [Claim("ADT beats AT", "A_rob, 3 seeds x 500 images", "+1.0 points [-2.0, 4.0]",
-                    "inconclusive", "tab06_whitebox"),
+                    "inconclusive: one seed", "tab06_whitebox"),
               Claim("ADT is k times slower", "s/epoch", "x4.4 [4.2, 4.6]", "supported",
-                    "tab03_cost", "row a")]
+                    "tab03_cost", "row a"),
+              Claim("ADT-AM beats AT", "A_rob", "-30.0 points [-35.0, -25.0]",
+                    "not testable here: working_generator (ADT_EXP-AM) = -0.1 (needs >= 0.05)",
+                    "tab06_whitebox")]
     text = claims_markdown(claims, title="Claims", preamble="quick profile",
-                           provenance={"notebook": "notebooks/06_claims.ipynb"})
+                           provenance={"notebook": "notebooks/06_claims.ipynb"},
+                           sections=["## Gates", "| gate |"])
     assert text.startswith("# Claims")
-    assert "1 supported, 0 contradicted, 1 inconclusive" in text
-    assert "**inconclusive**" in text and "ADT is k times slower" in text
+    assert ("1 supported, 0 not reproduced at this scale, 1 inconclusive, 1 not testable here"
+            in text)
+    assert "**inconclusive: one seed**" in text and "ADT is k times slower" in text
+    assert text.index("## Gates") < text.index("Produced by")
     assert "notebooks/06_claims.ipynb" in text

@@ -115,3 +115,82 @@ def test_clean_executed_drops_the_injected_cell_renumbers_and_drops_widget_state
     assert [c.execution_count for c in code] == [1, 2]
     assert code[1].outputs[0]["execution_count"] == 2
     assert "widgets" not in cleaned.metadata
+
+
+def test_an_orphan_is_named_with_what_to_do_and_the_check_fails(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from adt import pipeline
+
+    root = tree(tmp_path)
+    monkeypatch.setattr(pipeline, "check_fresh", functools.partial(check_fresh, root=root))
+    assert pipeline.main(["--check-fresh"]) == 0
+    (root / "figures" / "tables").mkdir()
+    orphan = root / "figures" / "tables" / "tab04_old.md"
+    orphan.write_text("| a |\n")
+    problems = check_fresh(root=root)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{orphan}: an orphan")
+    assert "delete it, or regenerate with `make reproduce`" in problems[0]
+    assert pipeline.main(["--check-fresh"]) == 1
+    out = capsys.readouterr().out
+    assert f"{orphan}: an orphan" in out and "delete it" in out
+
+
+def test_listed_files_and_the_manifest_are_not_orphans(tmp_path):
+    root = tree(tmp_path)
+    figures = root / "figures"
+    assert provenance.orphans(figures) == []  # fig.png is listed; MANIFEST.json is the manifest
+    (figures / "fig.pdf").write_bytes(b"pdf")
+    assert provenance.orphans(figures) == [figures / "fig.pdf"]
+
+
+def test_a_table_and_a_document_listed_in_the_manifest_are_not_orphans(tmp_path):
+    root = tree(tmp_path)
+    figures = root / "figures"
+    (figures / "tables").mkdir()
+    (figures / "tables" / "tab.csv").write_text("a\n1\n")
+    (figures / "CLAIMS.md").write_text("# claims\n")
+    manifest = json.loads((figures / "MANIFEST.json").read_text())
+    manifest["artefacts"]["tab"] = {"files": ["tables/tab.csv"]}
+    manifest["artefacts"]["CLAIMS"] = {"files": ["CLAIMS.md"]}
+    (figures / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert provenance.orphans(figures) == []
+
+
+def test_a_profile_subfolder_with_its_own_manifest_is_its_own_scope(tmp_path):
+    root = tree(tmp_path)
+    fashion = root / "figures" / "fashion"
+    (fashion / "notebooks").mkdir(parents=True)
+    (fashion / "fig.png").write_bytes(b"png")
+    (fashion / "notebooks" / "01_a.ipynb").write_text("{}")
+    (fashion / "MANIFEST.json").write_text(json.dumps({
+        "code": {"executed": {"01_a": "x"}},
+        "artefacts": {"fig": {"files": ["fig.png"]}}}))
+    assert check_fresh(root=root) == []
+    # checked on its own, its executed notebooks (<output>/notebooks) are accounted for ...
+    assert provenance.orphans(fashion) == []
+    # ... and its orphans are named there
+    (fashion / "stray.csv").write_text("a\n")
+    assert provenance.orphans(fashion) == [fashion / "stray.csv"]
+    assert check_fresh(root=root) == []
+
+
+def test_a_subfolder_without_a_manifest_is_searched(tmp_path):
+    root = tree(tmp_path)
+    stray = root / "figures" / "cifar" / "fig.png"
+    stray.parent.mkdir()
+    stray.write_bytes(b"png")
+    assert provenance.orphans(root / "figures") == [stray]
+
+
+def test_runs_an_artefact_lists_in_the_output_folder_are_not_orphans(tmp_path):
+    out = tmp_path / "out"
+    (out / "runs" / "r1").mkdir(parents=True)
+    (out / "runs" / "r1" / "history.json").write_text("{}")
+    (out / "runs" / "r2").mkdir()
+    (out / "runs" / "r2" / "history.json").write_text("{}")
+    (out / "fig.png").write_bytes(b"png")
+    (out / "MANIFEST.json").write_text(json.dumps({"artefacts": {"fig": {
+        "files": ["fig.png"], "runs": ["<output>/runs/r1", "data/runs/elsewhere"]}}}))
+    assert provenance.orphans(out) == [out / "runs" / "r2" / "history.json"]

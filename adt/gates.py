@@ -1,0 +1,548 @@
+"""Validity gates: whether the experiment behind a claim's verdict is sound, decided by rules
+fixed in code before the results are read.
+
+A verdict of :mod:`adt.stats` (supported / contradicted / inconclusive, from a paired
+comparison with a 95 % interval) is evidence about the paper only if the runs behind it
+are sound: the models converged, the baselines are credible, the columns it reads are not
+flagged by a gradient-masking check, the effect does not flip with the training budget,
+and there are enough seeds to see it against the seed-to-seed spread. Each gate is one
+small function returning a :class:`Gate`; :func:`gated_verdict` turns a statistical
+verdict and the gates of its claim into the verdict that is reported:
+
+1. a failed **validity** gate: "not testable here: <gate> (<model>) = <value> (needs
+   <threshold>)", naming the first failed gate;
+2. else a failed **budget** gate (:func:`stable_under_budget`): "inconclusive:
+   budget-sensitive";
+3. else a failed **evidence** gate (:func:`enough_evidence`): "inconclusive: <why>";
+4. else the statistical verdict, with "contradicted" reported as "not reproduced at this
+   scale" (a proxy of the paper's experiment can fail to reproduce an effect; it cannot
+   refute the paper's CIFAR-10 numbers).
+
+:func:`distinct_models` is of kind **independence**: a near-clone does not change a
+verdict, but its claims are not counted as independent evidence (see its docstring).
+
+The thresholds are module constants (keyword defaults of the gates); each comment says
+where it comes from. Every comparison allows a rounding slack of 1e-9, so a value exactly
+at a threshold is on the side the threshold's text says.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adt._checks import check_int_at_least, check_nonnegative, check_positive
+from adt.stats import VERDICTS, Comparison, Interval
+
+__all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE",
+           "BUDGET_SENSITIVE", "GATED_VERDICTS", "GATE_KINDS", "UNRELIABLE_COLUMNS",
+           "CONVERGED_LAST", "CONVERGED_MAX_CHANGE", "CONVERGED_MIN_CLEAN", "BASELINE_FLOOR", "TRADES_RATIO",
+           "A_ROB_MAX_GAP", "A_ROB_MIN_EXAMPLES", "GENERATOR_MIN_MARGIN",
+           "CLONE_MAX_AGREEMENT", "CLONE_MAX_TRANSFER_GAP", "MIN_SEEDS", "COST_MAX_SPREAD", "COST_MIN_REPEATS",
+           "converged", "stable_under_budget", "credible_baseline", "credible_trades",
+           "unreliable_columns", "reliable_column", "a_rob_close_to_full_autoattack",
+           "working_generator", "distinct_models", "per_seed_spread", "enough_evidence",
+           "cost_measured", "gated_verdict", "verdict_category", "gates_table"]
+
+# --- the reported verdicts ---------------------------------------------------------------
+
+SUPPORTED = "supported"
+NOT_REPRODUCED = "not reproduced at this scale"
+INCONCLUSIVE = "inconclusive"
+#: The prefix of every "not testable here: ..." verdict.
+NOT_TESTABLE = "not testable here"
+BUDGET_SENSITIVE = f"{INCONCLUSIVE}: budget-sensitive"
+#: The four categories a gated verdict falls in (:func:`verdict_category`), for counting.
+GATED_VERDICTS = (SUPPORTED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
+
+# --- thresholds ----------------------------------------------------------------------------
+
+#: :func:`converged` compares the last 2 epochs of a run: the fewest that show a trend, and
+#: the annealed end of the quick schedule (8 epochs, the learning rate divided by 10 for the
+#: last 2).
+CONVERGED_LAST = 2
+#: At most 3 points of change of the monitored PGD accuracy between those epochs: about 1.5
+#: binomial standard errors of an accuracy near 0.8 on the quick profile's 500 monitor
+#: images (sqrt(0.8 * 0.2 / 500) = 1.8 points); the change is paired (the same images at
+#: consecutive epochs), so a larger one is a trend, not noise.
+CONVERGED_MAX_CHANGE = 0.03
+#: ... and the run trained at all: its last monitored clean accuracy is at least 0.5 (chance
+#: is 0.1 on the 10-class datasets). Added after a quick ADT_EXP run stayed at chance for
+#: all its epochs, a flat curve the change criterion alone passes (REPRODUCTION.md).
+CONVERGED_MIN_CLEAN = 0.5
+#: PGD-AT's AutoAttack accuracy (mean over seeds) must reach 75 %. Published full-MNIST
+#: numbers at epsilon 0.3 (60,000 training images, tens of epochs; Croce & Hein 2020):
+#: AutoAttack leaves 88.43 % for Madry et al.'s PGD-AT and 92.76 % for TRADES. The floor is
+#: lowered by about 13 points for this artifact's proxy (4,000 training images, a small
+#: CNN, 5-8 epochs); a PGD-AT below it is a weak baseline, and beating it says little.
+BASELINE_FLOOR = 0.75
+#: TRADES must reach 0.8 x PGD-AT's AutoAttack accuracy: published, TRADES is above PGD-AT
+#: on MNIST (92.76 / 88.43 = 1.05); 20 % below it leaves room for the proxy's short
+#: training, and beyond that TRADES is mis-trained rather than weaker.
+TRADES_RATIO = 0.8
+#: A_rob may overstate the original AutoAttack (the reference on a sample) by at most 1
+#: point: the cheaper protocol must not by itself create or erase differences of a few
+#: points, the size of the differences the claims are about (one image in 100).
+A_ROB_MAX_GAP = 0.01
+#: ... measured on at least 100 images (the quick profile's ``full_autoattack_examples``).
+A_ROB_MIN_EXAMPLES = 100
+#: An amortised (AM) model must beat Standard under PGD-20 by 5 points: the margin of the
+#: other 5-point rules here (sanity's ``max_autoattack_gap``, chapter 6's equivalence
+#: margin); less, and the generator has not taught any robustness.
+GENERATOR_MIN_MARGIN = 0.05
+#: Two models are near-clones when, under the same attack, their per-example correctness
+#: agrees on more than 95 % of the images ...
+CLONE_MAX_AGREEMENT = 0.95
+#: ... and an attack crafted on one leaves the other at most 5 points above the other's
+#: own white-box accuracy (the attack transfers with no loss: same decision surface).
+CLONE_MAX_TRANSFER_GAP = 0.05
+#: A verdict needs at least 2 seeds: with one, the seed-to-seed spread is not seen at all.
+MIN_SEEDS = 2
+#: Interleaved repetitions of a cost ratio must agree within 25 % of their median
+#: ((max - min) / median): well inside the factor-1.5 margin of the cost claims
+#: (log 1.5 = 0.41), so the spread of the timing alone cannot move a verdict across it.
+COST_MAX_SPREAD = 0.25
+#: At least three repetitions: with two, one outlier cannot be told from the rule.
+COST_MIN_REPEATS = 3
+
+_SLACK = 1e-9  # rounding slack of every comparison with a threshold
+
+#: The kind of each gate, by name (the part before "[" for names such as
+#: ``reliable_column[PGD-20]``); :func:`gated_verdict` reads it. Unknown names count as
+#: validity gates.
+GATE_KINDS = {"converged": "validity", "credible_baseline": "validity",
+              "credible_trades": "validity", "reliable_column": "validity",
+              "a_rob_close_to_full_autoattack": "validity", "working_generator": "validity",
+              "cost_measured": "validity", "stable_under_budget": "budget",
+              "enough_evidence": "evidence", "distinct_models": "independence"}
+
+# --- which columns a failed masking check makes unusable ---------------------------------
+
+#: Fixed-step gradient attacks (no adaptive step size, no gradient-free fallback).
+_FIXED_STEP = ("FGSM", "PGD-*", "MIM", "C&W", "FeaAttack")
+#: Every gradient-only white-box row: the fixed-step attacks and AutoAttack's gradient row
+#: ("APGD-CE+T", "APGD-CE+T+FAB-T").
+_GRADIENT = (*_FIXED_STEP, "APGD-*")
+#: Every white-box row, and A_rob (the worst case over them). Clean is never unreliable.
+_WHITE = (*_GRADIENT, "AutoAttack", "A_rob")
+
+#: A failed check of :mod:`adt.sanity` (by the name before "[") -> the columns (fnmatch
+#: patterns; "{name}" is the check's bracket, e.g. the AutoAttack row it names) it makes
+#: unusable for a verdict about that model:
+#:
+#: - ``pgd_many`` / ``pgd_restarts``: more PGD steps or restarts raise the accuracy, so
+#:   the fixed-step attacks had not converged; AutoAttack (adaptive APGD, then Square) and
+#:   A_rob (which contains it) stay usable.
+#: - ``large_epsilon``: PGD at epsilon 0.5 does not reach about 0 %: the gradients (or the
+#:   evaluation) are broken for this model (Carlini et al. 2019, Sec. 5); no white-box
+#:   column, AutoAttack and A_rob included, is trusted.
+#: - ``white_vs_black``: a black-box attack beats the worst case of the white-box ones:
+#:   every white-box column and A_rob overstate robustness; the black-box rows stay.
+#: - ``autoattack_vs_pgd``: the named AutoAttack gradient row is weaker than PGD-few, so
+#:   it and the cascade built on it ("AutoAttack") are unusable; A_rob, which also takes
+#:   PGD, stays usable.
+#: - ``score_only``: a score-based attack breaks images every gradient attack missed
+#:   (gradient masking): every gradient-only column is unusable; AutoAttack and A_rob stay
+#:   usable since they include Square.
+#: - ``pgd_vs_autoattack``: PGD-many is more than 5 points above AutoAttack: the
+#:   fixed-step gradient columns (FGSM, PGD, MIM, C&W, FeaAttack) overstate robustness;
+#:   AutoAttack, its gradient row and A_rob stay usable.
+#:
+#: A failed check not listed here makes every white-box column and A_rob unusable.
+UNRELIABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pgd_many": _FIXED_STEP,
+    "pgd_restarts": _FIXED_STEP,
+    "large_epsilon": _WHITE,
+    "white_vs_black": _WHITE,
+    "autoattack_vs_pgd": ("{name}", "AutoAttack"),
+    "score_only": _GRADIENT,
+    "pgd_vs_autoattack": _FIXED_STEP,
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The outcome of one gate: its name, the model (a method label, or a pair such as
+    "ADT_EXP vs AT"), the measured value, the threshold as text (e.g. ">= 0.75"), whether it
+    passed, and what was measured on what. ``reason`` is a failed gate's short reason, the
+    "<why>" of "inconclusive: <why>" for evidence gates."""
+
+    gate: str
+    model: str
+    value: float | None
+    threshold: str
+    passed: bool
+    detail: str
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        """"validity", "budget", "evidence" or "independence" (:data:`GATE_KINDS`)."""
+        return GATE_KINDS.get(self.gate.split("[", 1)[0], "validity")
+
+    def to_row(self) -> list[str]:
+        """gate, model, value, threshold, pass/fail, detail: a row of :func:`gates_table`."""
+        return [self.gate, self.model or "-", _format_value(self.value), self.threshold,
+                "pass" if self.passed else "FAIL", self.detail]
+
+
+def _format_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _at_most(value: float, limit: float) -> bool:
+    return value <= limit + _SLACK
+
+
+def _at_least(value: float, limit: float) -> bool:
+    return value >= limit - _SLACK
+
+
+def _fraction(value: float, what: str, example: str) -> float:
+    real = check_nonnegative(value, what, example)
+    if real > 1.0:
+        raise ValueError(f"{what}={value!r} must be a fraction in [0, 1]; use e.g. {example}")
+    return real
+
+
+# --- 1. convergence --------------------------------------------------------------------------
+
+def converged(history: Sequence[Mapping[str, Any]], *, last: int = CONVERGED_LAST,
+              max_change: float = CONVERGED_MAX_CHANGE, min_clean: float = CONVERGED_MIN_CLEAN,
+              model: str = "") -> Gate:
+    """The run ended on a plateau: over its last ``last`` epochs (the annealed end of the
+    schedule, after the final learning-rate decay when the schedule gives it at least
+    ``last`` epochs) the monitored PGD accuracy ranges over at most ``max_change``.
+
+    ``history``: a run's per-epoch records (``run.metrics["history"]``: dicts with "epoch",
+    "lr", "pgd_accuracy"). A window that straddles a learning-rate decay sees the decay's
+    jump and fails: a schedule needs ``last`` epochs at its final rate to pass. Whether
+    more epochs would change a verdict is the budget gate's question
+    (:func:`stable_under_budget`). With one epoch there is nothing to compare: it fails.
+    A run whose last monitored clean accuracy is below ``min_clean`` never trained (a flat
+    curve at chance is not a plateau): it fails too.
+    """
+    check_int_at_least(last, 2, "last", "2")
+    check_nonnegative(max_change, "max_change", "0.03")
+    threshold = f"<= {max_change:g} over the last {last} epochs"
+    records = sorted(history, key=lambda r: r["epoch"])
+    if not records:
+        return Gate("converged", model, None, threshold, False, "no epochs recorded",
+                    "no training history")
+    window = records[-last:]
+    if len(window) < 2:
+        return Gate("converged", model, None, threshold, False,
+                    f"only {len(window)} epoch: no change to measure; train more epochs",
+                    "one epoch")
+    accuracies = [float(r["pgd_accuracy"]) for r in window]
+    change = max(accuracies) - min(accuracies)
+    rates = sorted({float(r["lr"]) for r in window})
+    where = (f"lr {rates[0]:g}" if len(rates) == 1 else
+             "across a learning-rate decay (" + ", ".join(f"{r:g}" for r in rates) + ")")
+    shown = ", ".join(f"{r['epoch']}: {a:.3f}" for r, a in zip(window, accuracies, strict=True))
+    clean = float(window[-1].get("clean_accuracy", 1.0))
+    learned = _at_least(clean, min_clean)
+    passed = _at_most(change, max_change) and learned
+    return Gate("converged", model, change, threshold + f"; clean >= {min_clean:g}", passed,
+                f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}"
+                + ("" if learned else f"; clean accuracy {clean:.3f}: the run never trained"),
+                "" if passed else "still changing" if learned else "never trained")
+
+
+# --- 2. budget ------------------------------------------------------------------------------
+
+def stable_under_budget(effect_short: Interval, effect_long: Interval, *, model: str = "",
+                        budgets: tuple[str, str] = ("short", "long")) -> Gate:
+    """The effect does not depend on the training budget: its estimates at both budgets
+    have the same sign, and each lies inside the other budget's 95 % interval. Failing it
+    makes the verdict "inconclusive: budget-sensitive". ``budgets`` names the two budgets
+    in the detail (e.g. ("5 epochs", "8 epochs")). value = long estimate - short estimate."""
+    short, long = effect_short, effect_long
+    same_sign = np.sign(short.estimate) == np.sign(long.estimate)
+    inside = (short.low - _SLACK <= long.estimate <= short.high + _SLACK
+              and long.low - _SLACK <= short.estimate <= long.high + _SLACK)
+    passed = bool(same_sign and inside)
+    problems = [p for p, bad in (("the sign flips", not same_sign),
+                                 ("an estimate is outside the other's interval", not inside))
+                if bad]
+    detail = (f"effect at {budgets[0]} {short.estimate:+.3f} [{short.low:+.3f}, "
+              f"{short.high:+.3f}], at {budgets[1]} {long.estimate:+.3f} [{long.low:+.3f}, "
+              f"{long.high:+.3f}]" + (f": {' and '.join(problems)}" if problems else ""))
+    return Gate("stable_under_budget", model, long.estimate - short.estimate,
+                "same sign; each estimate in the other's 95% interval", passed, detail,
+                "" if passed else "budget-sensitive")
+
+
+# --- 3. credible baselines --------------------------------------------------------------------
+
+def _mean(values: float | Sequence[float]) -> tuple[float, int]:
+    if isinstance(values, Sequence | np.ndarray):
+        array = np.asarray(values, dtype=float)
+        if array.size == 0:
+            raise ValueError("no accuracies given; pass one per seed")
+        return float(array.mean()), int(array.size)
+    return float(values), 1
+
+
+def credible_baseline(autoattack_accuracy: float | Sequence[float], *,
+                      floor: float = BASELINE_FLOOR, model: str = "AT (PGD)") -> Gate:
+    """PGD-AT's AutoAttack accuracy (a number, or one per seed: their mean) reaches
+    ``floor`` (:data:`BASELINE_FLOOR`: 75 %, from the published 88.43 % of full-MNIST PGD-AT
+    at epsilon 0.3, lowered for the 4,000-image, 5-8-epoch proxy)."""
+    _fraction(floor, "floor", "0.75")
+    mean, seeds = _mean(autoattack_accuracy)
+    passed = _at_least(mean, floor)
+    return Gate("credible_baseline", model, mean, f">= {floor:g}", passed,
+                f"AutoAttack accuracy, mean over {seeds} seed(s): {mean:.3f} (published "
+                "full-MNIST PGD-AT at eps 0.3: 0.884)", "" if passed else "weak baseline")
+
+
+def credible_trades(trades_aa: float | Sequence[float], pgd_aa: float | Sequence[float], *,
+                    ratio: float = TRADES_RATIO, model: str = "TRADES") -> Gate:
+    """TRADES's AutoAttack accuracy (mean over seeds) reaches ``ratio`` x PGD-AT's
+    (:data:`TRADES_RATIO`: 0.8; published on MNIST, TRADES is above PGD-AT).
+    value = TRADES / PGD-AT (None when PGD-AT's is 0)."""
+    check_positive(ratio, "ratio", "0.8")
+    trades, n_trades = _mean(trades_aa)
+    pgd, n_pgd = _mean(pgd_aa)
+    value = trades / pgd if pgd > 0 else None
+    passed = _at_least(trades, ratio * pgd)
+    return Gate("credible_trades", model, value, f">= {ratio:g} x PGD-AT", passed,
+                f"AutoAttack accuracy, TRADES {trades:.3f} ({n_trades} seed(s)) vs PGD-AT "
+                f"{pgd:.3f} ({n_pgd} seed(s))", "" if passed else "weak TRADES")
+
+
+# --- 4. reliable columns ----------------------------------------------------------------------
+
+def _check_name_and_failed(check: Any) -> tuple[str, bool]:
+    """A :class:`~adt.sanity.CheckResult` or its dict (``eval.json``'s "checks")."""
+    if isinstance(check, Mapping):
+        return str(check["name"]), check.get("status") == "failed"
+    return str(check.name), bool(check.failed)
+
+
+def unreliable_columns(check_name: str) -> tuple[str, ...]:
+    """The column patterns a failed check named ``check_name`` (e.g.
+    "score_only[AutoAttack]") makes unusable (:data:`UNRELIABLE_COLUMNS`)."""
+    base, _, rest = check_name.partition("[")
+    bracket = rest[:-1] if rest.endswith("]") else rest
+    patterns = UNRELIABLE_COLUMNS.get(base, _WHITE)
+    return tuple(p.replace("{name}", bracket) for p in patterns)
+
+
+def reliable_column(table_checks: Sequence[Any], column: str, *, model: str = "") -> Gate:
+    """The column ``column`` (a row name such as "PGD-20", "AutoAttack", or "A_rob") is
+    usable for a verdict about the model whose table's checks are ``table_checks``
+    (``table.checks``: :class:`~adt.sanity.CheckResult`, or their dicts): no failed check
+    names it (:data:`UNRELIABLE_COLUMNS`). value = the number of failed checks naming it."""
+    failed = [name for name, bad in map(_check_name_and_failed, table_checks) if bad]
+    naming = [name for name in failed
+              if any(fnmatch.fnmatchcase(column, p) for p in unreliable_columns(name))]
+    if naming:
+        detail = f"{column} made unusable by the failed check(s) {', '.join(naming)}"
+    elif failed:
+        detail = f"{column}: the failed check(s) {', '.join(failed)} do not concern it"
+    else:
+        detail = f"{column}: every one of {len(table_checks)} checks passed or was skipped"
+    return Gate(f"reliable_column[{column}]", model, float(len(naming)),
+                "0 failed checks naming the column", not naming, detail,
+                "" if not naming else "masking check failed")
+
+
+def a_rob_close_to_full_autoattack(gap: float, *, max_gap: float = A_ROB_MAX_GAP,
+                                   examples: int, min_examples: int = A_ROB_MIN_EXAMPLES,
+                                   model: str = "") -> Gate:
+    """A_rob is usable only if it overstates the original AutoAttack reference by at most
+    ``max_gap`` (1 point): ``gap`` = A_rob - accuracy under A_rob's attacks and the full
+    AutoAttack, on a sample of ``examples`` images of at least ``min_examples`` (100)."""
+    check_nonnegative(max_gap, "max_gap", "0.01")
+    check_int_at_least(examples, 0, "examples", "100")
+    threshold = f"<= {max_gap:g} on >= {min_examples} images"
+    if examples < min_examples:
+        return Gate("a_rob_close_to_full_autoattack", model, gap, threshold, False,
+                    f"gap {gap:+.3f} measured on {examples} images only: too few to be "
+                    "representative", "reference sample too small")
+    passed = _at_most(gap, max_gap)
+    return Gate("a_rob_close_to_full_autoattack", model, gap, threshold, passed,
+                f"A_rob minus the full AutoAttack reference on {examples} images: {gap:+.3f}",
+                "" if passed else "A_rob overstates the full AutoAttack")
+
+
+# --- 5. amortised generators ------------------------------------------------------------------
+
+def working_generator(fooled_by_samples: float, fooled_by_fgsm: float, am_pgd: float,
+                      standard_pgd: float, *, min_margin: float = GENERATOR_MIN_MARGIN,
+                      model: str = "") -> Gate:
+    """The AM generator works: the frozen Standard model's accuracy under the generator's
+    samples (``fooled_by_samples``) is at most its accuracy under FGSM
+    (``fooled_by_fgsm``), and the AM model's PGD-20 accuracy (``am_pgd``) exceeds
+    Standard's (``standard_pgd``) by at least ``min_margin`` (5 points).
+    value = the PGD-20 margin am_pgd - standard_pgd."""
+    check_nonnegative(min_margin, "min_margin", "0.05")
+    margin = am_pgd - standard_pgd
+    attacks = _at_most(fooled_by_samples, fooled_by_fgsm)
+    teaches = _at_least(margin, min_margin)
+    problems = [p for p, bad in (("the samples are weaker than FGSM", not attacks),
+                                 ("no robustness over Standard", not teaches)) if bad]
+    return Gate("working_generator", model, margin,
+                f"samples <= FGSM; PGD-20 margin >= {min_margin:g}", attacks and teaches,
+                f"Standard's accuracy under the samples {fooled_by_samples:.3f} vs FGSM "
+                f"{fooled_by_fgsm:.3f}; PGD-20 accuracy {am_pgd:.3f} vs Standard "
+                f"{standard_pgd:.3f} (margin {margin:+.3f})"
+                + (f": {' and '.join(problems)}" if problems else ""),
+                "; ".join(problems))
+
+
+# --- 6. independent models --------------------------------------------------------------------
+
+def distinct_models(transfer_accuracy: float, agreement: float, *, white_box_accuracy: float,
+                    max_agreement: float = CLONE_MAX_AGREEMENT,
+                    max_transfer_gap: float = CLONE_MAX_TRANSFER_GAP, model: str = "") -> Gate:
+    """Models A and B (``model``, e.g. "ADT_EXP-AM vs ADT_IMP-AM") are not near-clones.
+
+    They are near-clones when *both* hold: (i) PGD crafted on A leaves B at most
+    ``max_transfer_gap`` (5 points) above B's white-box accuracy, PGD crafted on B itself
+    (``transfer_accuracy - white_box_accuracy <= max_transfer_gap``: the attack transfers
+    with no loss), and (ii) the per-example correctness of A and B under the same attack
+    agrees on more than ``max_agreement`` (95 %) of the images. Either alone happens for
+    distinct but similarly robust models (two strong models agree on the many easy
+    images; attacks transfer well between any two standard models), so the rule asks for
+    both. The rule reads one direction; call it both ways for a symmetric one. A failed
+    gate (kind "independence") does not change a verdict: the claims of the two models are
+    reported, but counted as one piece of evidence, not two.
+    value = the agreement."""
+    _fraction(agreement, "agreement", "0.9")
+    check_nonnegative(max_transfer_gap, "max_transfer_gap", "0.05")
+    gap = transfer_accuracy - white_box_accuracy
+    transfers = _at_most(gap, max_transfer_gap)
+    agrees = agreement > max_agreement + _SLACK
+    clones = transfers and agrees
+    return Gate("distinct_models", model, agreement,
+                f"not (agreement > {max_agreement:g} and transfer gap <= {max_transfer_gap:g})",
+                not clones,
+                f"agreement of per-example correctness {agreement:.3f}; transfer accuracy "
+                f"{transfer_accuracy:.3f} vs white-box {white_box_accuracy:.3f} (gap "
+                f"{gap:+.3f})" + (": near-clones, one piece of evidence" if clones else ""),
+                "near-clones" if clones else "")
+
+
+# --- 7. enough evidence -----------------------------------------------------------------------
+
+def per_seed_spread(a: Any, b: Any, *, statistic: str = "difference") -> float | None:
+    """The standard deviation over seeds (ddof 1) of the per-seed effect of ``a`` against
+    ``b`` (per-example values of shape (seeds, examples), as for
+    :func:`~adt.stats.paired_comparison`): per-seed mean(a) - mean(b), or mean(a) /
+    mean(b) for ``statistic`` "ratio". None for one seed."""
+    grid_a, grid_b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if grid_a.shape != grid_b.shape or grid_a.ndim != 2:
+        raise ValueError(f"a has shape {grid_a.shape} but b {grid_b.shape}: give the same "
+                         "(seeds, examples)")
+    if statistic not in ("difference", "ratio"):
+        raise ValueError(f"statistic={statistic!r}; allowed: difference, ratio")
+    if grid_a.shape[0] < 2:
+        return None
+    mean_a, mean_b = grid_a.mean(1), grid_b.mean(1)
+    per_seed = mean_a - mean_b if statistic == "difference" else mean_a / mean_b
+    return float(per_seed.std(ddof=1))
+
+
+def enough_evidence(comparison: Comparison, seed_spread: float | None, *,
+                    min_seeds: int = MIN_SEEDS, model: str = "") -> Gate:
+    """The comparison rests on at least ``min_seeds`` seeds, and its effect is at least the
+    seed spread (``seed_spread``: :func:`per_seed_spread`, the std over seeds of the per-seed
+    effects; for a ratio, of the per-seed ratios): |estimate - null| >= spread. A
+    single-seed claim is "inconclusive: one seed"; an effect smaller than the seed spread
+    is "inconclusive: effect within the seed spread"; several seeds without a spread fail
+    ("seed spread not measured"). value = the seed spread."""
+    check_int_at_least(min_seeds, 1, "min_seeds", "2")
+    null = 1.0 if comparison.statistic == "ratio" else 0.0
+    size = abs(comparison.effect.estimate - null)
+    threshold = f">= {min_seeds} seeds; |effect| >= seed spread"
+    where = f"{comparison.seeds} seed(s) x {comparison.examples} images"
+    if comparison.seeds < min_seeds:
+        reason = "one seed" if comparison.seeds == 1 else f"{comparison.seeds} seeds"
+        return Gate("enough_evidence", model, seed_spread, threshold, False,
+                    f"{where}: the seed-to-seed spread is not seen", reason)
+    if seed_spread is None:
+        return Gate("enough_evidence", model, None, threshold, False,
+                    f"{where}: no seed spread given", "seed spread not measured")
+    passed = _at_least(size, seed_spread)
+    return Gate("enough_evidence", model, seed_spread, threshold, passed,
+                f"{where}: |effect| {size:.3g} vs seed spread {seed_spread:.3g}",
+                "" if passed else "effect within the seed spread")
+
+
+# --- 8. measured cost -------------------------------------------------------------------------
+
+def cost_measured(ratios: Sequence[float], *, max_spread: float = COST_MAX_SPREAD,
+                  min_repeats: int = COST_MIN_REPEATS, model: str = "") -> Gate:
+    """A cost ratio (method step time / PGD-AT step time, one per interleaved repetition of
+    :func:`adt.bench.cost_ratios`) is measured when there are at least ``min_repeats``
+    repetitions and they agree: (max - min) / median <= ``max_spread`` (25 %).
+    value = the median ratio."""
+    check_nonnegative(max_spread, "max_spread", "0.25")
+    check_int_at_least(min_repeats, 2, "min_repeats", "3")
+    values = [float(r) for r in ratios]
+    if not values or any(not math.isfinite(r) or r <= 0 for r in values):
+        raise ValueError(f"ratios={list(ratios)!r} must be positive finite numbers, one per "
+                         "repetition")
+    median = statistics.median(values)
+    threshold = f"(max - min) / median <= {max_spread:g} over >= {min_repeats} repetitions"
+    if len(values) < min_repeats:
+        return Gate("cost_measured", model, median, threshold, False,
+                    f"{len(values)} repetition(s) ({median:.3g}): too few to see whether the "
+                    "timings agree", "too few repetitions")
+    spread = (max(values) - min(values)) / median
+    passed = _at_most(spread, max_spread)
+    return Gate("cost_measured", model, median, threshold, passed,
+                f"{len(values)} interleaved repetitions, ratios {min(values):.3g}-"
+                f"{max(values):.3g}, relative spread {spread:.3f}",
+                "" if passed else "timings disagree")
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+def gated_verdict(verdict: str, gates: Sequence[Gate]) -> str:
+    """The reported verdict of a claim from its statistical ``verdict`` (one of
+    :data:`adt.stats.VERDICTS`) and its gates, in this order of precedence: a failed
+    validity gate (the first) -> "not testable here: <gate> (<model>) = <value> (needs
+    <threshold>)"; a failed budget gate -> "inconclusive: budget-sensitive"; a failed
+    evidence gate (the first) -> "inconclusive: <why>"; else the verdict, "contradicted"
+    reported as "not reproduced at this scale". Independence gates change nothing."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict={verdict!r}; allowed: {', '.join(VERDICTS)}")
+    failed = [g for g in gates if not g.passed]
+    for g in failed:
+        if g.kind == "validity":
+            model = f" ({g.model})" if g.model else ""
+            return (f"{NOT_TESTABLE}: {g.gate}{model} = {_format_value(g.value)} "
+                    f"(needs {g.threshold})")
+    if any(g.kind == "budget" for g in failed):
+        return BUDGET_SENSITIVE
+    for g in failed:
+        if g.kind == "evidence":
+            return f"{INCONCLUSIVE}: {g.reason or g.detail}"
+    return NOT_REPRODUCED if verdict == "contradicted" else verdict
+
+
+def verdict_category(verdict: str) -> str:
+    """The category of a reported verdict, one of :data:`GATED_VERDICTS` (e.g.
+    "inconclusive: one seed" -> "inconclusive"), for counting verdicts."""
+    for category in GATED_VERDICTS:
+        if verdict == category or verdict.startswith(category + ":"):
+            return category
+    raise ValueError(f"{verdict!r} is not a verdict of gated_verdict; categories: "
+                     f"{', '.join(GATED_VERDICTS)}")
+
+
+def gates_table(gates: Sequence[Gate]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a model x gate table (gate, model, value, threshold,
+    pass/fail, detail), e.g. for :func:`adt.io.markdown_table`."""
+    return (["gate", "model", "value", "threshold", "result", "detail"],
+            [g.to_row() for g in gates])

@@ -19,8 +19,8 @@ from adt.io import markdown_table
 from adt.stats import Comparison, Interval, paired_comparison, seed_summary
 from adt.table import RobustnessTable
 
-__all__ = ["A_ROB", "per_example", "white_box_columns", "format_cell", "seed_rows",
-           "compare_methods", "equivalence_verdict", "Claim", "format_effect", "claims_markdown"]
+__all__ = ["A_ROB", "curvature_comparison", "format_log_ratio", "per_example",
+           "white_box_columns", "format_cell", "seed_rows", "compare_methods", "equivalence_verdict", "Claim", "format_effect", "claims_markdown"]
 
 #: The column name of the per-example worst case over clean and white-box rows.
 A_ROB = "A_rob"
@@ -132,3 +132,18 @@ def claims_markdown(claims: Sequence[Claim], *, title: str, preamble: str,
         lines += [section, ""]
     lines.append("Produced by " + ", ".join(f"{k}: {v}" for k, v in provenance.items()) + ".")
     return "\n".join(lines) + "\n"
+
+
+def curvature_comparison(a: Any, b: Any) -> Comparison:
+    """The curvature claim's statistic (Fig. 2): per image, log10 of model a's dominant
+    input-Hessian eigenvalue minus model b's, averaged (the log10 of the geometric-mean
+    ratio a / b), with its paired bootstrap interval; below 0: a is flatter, the paper's
+    direction. The eigenvalues are heavy-tailed, so a mean of raw values rests on a few
+    images; the mean of their logs does not. Values at or below 0 count as 1e-8."""
+    log_a, log_b = (np.log10(np.clip(np.asarray(v, dtype=float), 1e-8, None)) for v in (a, b))
+    return paired_comparison(log_a, log_b, direction=-1)
+
+
+def format_log_ratio(effect: Interval) -> str:
+    """A :func:`curvature_comparison` effect as a ratio: ``x0.83 [0.70, 0.98]``."""
+    return f"x{10 ** effect.estimate:.2f} [{10 ** effect.low:.2f}, {10 ** effect.high:.2f}]"

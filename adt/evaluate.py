@@ -51,7 +51,8 @@ from adt.table import EVAL_FILE, RobustnessTable, load_table
 
 FULL_AUTOATTACK_FILE = "eval_full_autoattack.json"
 
-__all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors", "full_autoattack_sample", "eval_path",
+__all__ = ["robustness_table", "evaluate_run", "full_autoattack_survivors",
+           "full_autoattack_sample", "full_autoattack_gap", "eval_path",
            "run_fingerprint", "pgd_accuracy", "FULL_AUTOATTACK_FILE",
            "check_deterministic", "RandomizedModelError", "checkpoint_attacks",
            "evaluate_checkpoint", "evaluate_released", "main"]
@@ -380,6 +381,26 @@ def full_autoattack_survivors(run: Run, table: RobustnessTable, data: ImageDatas
         stored.save(path)
     out[survivors.nonzero().squeeze(1)] = stored.worst_case()
     return out
+
+
+def full_autoattack_gap(runs: Sequence[Run], tables: Sequence[RobustnessTable],
+                        data: ImageDataset | None = None, *, force: bool = False,
+                        progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_rob and A_rob + the original AutoAttack (:func:`full_autoattack_survivors`) per
+    example of every seed's reference sample, pooled over ``runs`` (one method's seeds, in
+    the order of ``tables``): two boolean vectors of the same length, whose mean difference
+    is how much A_rob overstates robustness against the original AutoAttack."""
+    if len(runs) != len(tables) or not runs:
+        raise ValueError(f"{len(runs)} runs and {len(tables)} tables: give one table per run "
+                         "(and at least one)")
+    on_sample, robust = [], []
+    for run, table in zip(runs, tables, strict=True):
+        sample = full_autoattack_sample(table.n_examples,
+                                        run.profile.eval.full_autoattack_examples, run.seed)
+        on_sample.append(table.worst_case()[sample])
+        robust.append(full_autoattack_survivors(run, table, data, force=force,
+                                                progress=progress))
+    return torch.cat(on_sample), torch.cat(robust)
 
 
 def pgd_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,

@@ -332,17 +332,45 @@ def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path,
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bool:
+    """Run :func:`adt.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
+    ``data/runs``); returns whether it ran."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if plan.runs_in_output or workers < 2:
+        return False
+    from adt.prepare import prepare
+    from adt.profiles import get_profile
+    from adt.runtime import resolve_device
+
+    prof = get_profile(plan.profile)
+    if resolve_device(plan.device if plan.device != "auto" else prof.device).type != "cpu":
+        return False
+    print(f"[adt.prepare] training and evaluating the runs of {plan.profile!r} in {workers} "
+          "one-thread processes", flush=True)
+    seconds = prepare(prof, REPO_ROOT / "data" / "runs", workers, force_retrain)
+    print("[adt.prepare] done: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+          flush=True)
+    return True
+
+
 def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
                  force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
-                 log_output: bool = False, notebooks_dir: str | Path | None = None) -> Path:
+                 log_output: bool = False, notebooks_dir: str | Path | None = None,
+                 workers: int | None = None) -> Path:
     """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
     and, once all have succeeded, move their results into place (:func:`plan_pipeline`
     says where); return the path of the merged manifest. A failing cell raises
     :class:`PipelineError`, Ctrl-C :class:`PipelineInterrupted`; either way nothing is
-    moved into place."""
+    moved into place.
+
+    On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
+    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.prepare`;
+    the notebooks then reuse them."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
+        if _prepare(plan, workers, force_retrain):
+            force_retrain = False  # retrained just now, by adt.prepare
         _seed(plan, staged_out)
         timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
         record_batch(staged_out, profile=plan.profile, device=plan.device,
@@ -385,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks-dir", default=None,
                         help="run the notebooks of this folder instead of notebooks/")
     parser.add_argument("--force-retrain", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="on a CPU, train and evaluate the runs first in this many "
+                             "one-thread processes (default: one per core; 0: off)")
     parser.add_argument("--check-fresh", action="store_true",
                         help="run nothing; say whether the committed figures, tables and "
                              "notebooks were produced by the code in the tree and no file of "
@@ -397,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_pipeline(args.profile, args.device, args.output_dir, args.executed_dir,
                      args.force_retrain, tuple(args.notebooks), log_output=True,
-                     notebooks_dir=args.notebooks_dir)
+                     notebooks_dir=args.notebooks_dir, workers=args.workers)
     except ValueError as err:
         print(f"[adt.pipeline] refused: {err}", file=sys.stderr)
         return 2

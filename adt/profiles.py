@@ -71,6 +71,9 @@ class Recipe:
     lr_milestones: tuple[int, ...] = (74,)
     lr_gamma: float = 0.1
     epsilon_warmup_epochs: int = 0  # linear ramp of the training epsilon over these epochs
+    # linear ramp of the learning rate from lr/steps to lr over these epochs, step by step;
+    # 0 (the release's): none
+    lr_warmup_epochs: int = 0
     batch_size_overrides: Mapping[str, int] = field(default_factory=dict)  # method -> batch
 
     def __post_init__(self) -> None:
@@ -83,7 +86,13 @@ class Recipe:
                                  for m in self.lr_milestones),
              lr_gamma=check_positive(self.lr_gamma, "lr_gamma", "0.1"),
              epsilon_warmup_epochs=check_int_at_least(
-                 self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0"))
+                 self.epsilon_warmup_epochs, 0, "epsilon_warmup_epochs", "0"),
+             lr_warmup_epochs=check_int_at_least(self.lr_warmup_epochs, 0,
+                                                 "lr_warmup_epochs", "1"))
+        if self.lr_milestones and self.lr_warmup_epochs > min(self.lr_milestones):
+            raise ValueError(f"lr_warmup_epochs={self.lr_warmup_epochs} runs past the first "
+                             f"learning-rate decay (lr_milestones={self.lr_milestones}); "
+                             "warm up for at most that many epochs")
         for method, batch in self.batch_size_overrides.items():
             check_choice(method, METHODS, "method in batch_size_overrides")
             check_int_at_least(batch, 1, f"batch_size_overrides[{method!r}]", "128")
@@ -270,8 +279,8 @@ _QUICK = Profile(
     dataset="mnist5k", model="small_cnn", model_kwargs={"width": 16, "hidden": 100},
     monitor_examples=500,
     # benchmarks/tune-quick.json: the rule of adt.tune (baselines only, validation split)
-    recipe=Recipe(epochs=8, batch_size=64, lr=0.05, lr_milestones=(6,),
-                  epsilon_warmup_epochs=2),
+    recipe=Recipe(epochs=8, batch_size=64, lr=0.02, lr_milestones=(6,),
+                  epsilon_warmup_epochs=2, lr_warmup_epochs=1),
     # normalised generator input: the release's raw gradients are ~1e-4 of the pixels here
     # and the generators learn no attack from them (REPRODUCTION.md, ledger row b)
     methods=MethodSettings(am_ngf=8, am_conditioning="normalised"),

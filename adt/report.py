@@ -23,10 +23,10 @@ import torch
 from adt.data import ImageDataset, load_dataset
 from adt.evaluate import evaluate_run
 from adt.inner import InnerMaximizer
-from adt.io import markdown_table
+from adt.io import markdown_table, read_json, write_json
 from adt.methods import LABELS, build_maximizer
 from adt.profiles import Profile, get_profile
-from adt.provenance import REPO_ROOT, default_output_dir, record_artefact
+from adt.provenance import REPO_ROOT, default_output_dir, read_manifest, record_artefact
 from adt.runs import Run
 from adt.runtime import resolve_device
 from adt.sanity import GradientMaskingWarning
@@ -240,6 +240,29 @@ class Context:
         path.write_text(text)
         self._record(name, [path], "document", runs, caption, None, None)
         return path
+
+    def save_result(self, name: str, values: dict[str, Any], *, caption: str,
+                    runs: Sequence[Run | Path] = (), n_examples: int | None = None) -> Path:
+        """Save a chapter's computed values (JSON under ``results/``) for a later chapter to
+        read with :meth:`load_result` instead of computing them again, and list them in
+        the manifest."""
+        path = self.output_dir / "results" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(values, path)
+        self._record(name, [path], "result", runs, caption, n_examples, None)
+        return path
+
+    def load_result(self, name: str) -> dict[str, Any]:
+        """The values another chapter saved with :meth:`save_result`; raises naming the
+        chapter to run first when they are missing."""
+        path = self.output_dir / "results" / f"{name}.json"
+        entry = read_manifest(self.output_dir)["artefacts"].get(name)
+        if entry is None or not path.is_file():
+            writer = entry["notebook"] if entry else "an earlier chapter"
+            raise FileNotFoundError(
+                f"{path} is missing: it is written by {writer}; run the chapters in order "
+                f"(make reproduce, or that notebook with output_dir={self.output_dir}) first")
+        return read_json(path)
 
     def save_table(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *,
                    caption: str, runs: Sequence[Run | Path] = (), n_examples: int | None = None,

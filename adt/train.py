@@ -99,6 +99,10 @@ def train_epoch(model: nn.Module, maximizer: InnerMaximizer, optimizer: torch.op
     for i, (x, y) in enumerate(tqdm(batches, total=n_batches, leave=False,
                                     desc=f"epoch {epoch + 1}", disable=not progress)):
         maximizer.epsilon = _epsilon_at(profile, epoch * n_batches + i, n_batches)
+        lr = _warmup_lr(profile.recipe, epoch * n_batches + i, n_batches)
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         draws = contextlib.nullcontext()
         if ctx is not None and ctx.distributed:
             x, y = ddp.shard(x, y, ctx)
@@ -120,6 +124,14 @@ def _epsilon_at(profile: Profile, step: int, steps_per_epoch: int) -> float:
     first ``epsilon_warmup_epochs`` epochs, then the profile's epsilon."""
     warm = profile.recipe.epsilon_warmup_epochs * steps_per_epoch
     return profile.train_epsilon * min(1.0, (step + 1) / warm) if warm else profile.train_epsilon
+
+
+def _warmup_lr(recipe: Recipe, step: int, steps_per_epoch: int) -> float | None:
+    """The learning rate of optimiser step ``step`` during the warm-up (a linear ramp that
+    reaches ``recipe.lr`` at the last step of the first ``lr_warmup_epochs`` epochs); None
+    after it, where the step-decay schedule sets it."""
+    warm = recipe.lr_warmup_epochs * steps_per_epoch
+    return recipe.lr * (step + 1) / warm if step < warm else None
 
 
 def _outer_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:

@@ -11,8 +11,10 @@ from adt.claims import (
     Claim,
     claims_markdown,
     compare_methods,
+    curvature_comparison,
     equivalence_verdict,
     format_cell,
+    format_log_ratio,
     per_example,
     seed_rows,
     white_box_columns,
@@ -96,3 +98,16 @@ def test_claims_markdown_counts_verdicts_and_lists_every_claim():
     assert "**inconclusive: one seed**" in text and "ADT is k times slower" in text
     assert text.index("## Gates") < text.index("Produced by")
     assert "notebooks/06_claims.ipynb" in text
+
+
+def test_the_curvature_statistic_is_the_geometric_mean_ratio_not_the_mean():
+    # heavy tails: one huge value of b makes b's raw mean larger, but a is larger per image
+    # on 9 of 10 images by x2, so the geometric-mean ratio says a is not flatter
+    b = np.array([1.0] * 9 + [1000.0])
+    a = np.array([2.0] * 9 + [1000.0])
+    result = curvature_comparison(a, b)
+    assert 10 ** result.effect.estimate == pytest.approx(2 ** 0.9)
+    assert result.verdict == "contradicted"  # the paper's direction is "smaller"
+    assert format_log_ratio(result.effect).startswith("x1.87 [")
+    flatter = curvature_comparison(b / 3, b)
+    assert 10 ** flatter.effect.estimate == pytest.approx(1 / 3) and flatter.verdict == "supported"

@@ -15,9 +15,9 @@ import torch
 
 from adt.data import ImageDataset, load_dataset
 from adt.io import read_json
-from adt.profiles import Profile, get_profile
+from adt.profiles import Profile, Recipe, get_profile
 from adt.runs import load_run, run_dir
-from adt.train import train
+from adt.train import _warmup_lr, train
 
 CPU = "cpu"
 METHOD = "adt_exp"  # the cheapest adversarial method on the smoke profile
@@ -141,8 +141,10 @@ def test_truncated_checkpoint_names_the_file(smoke_run, mnist: ImageDataset,
 
 
 def _two_epochs() -> Profile:
-    # 2 epochs of 2 batches; fewer PGD steps and monitor images keep it cheap on 2 CPU cores
-    return get_profile("smoke").replace(recipe={"epochs": 2, "batch_size": 32},
+    # 2 epochs of 2 batches (the first a learning-rate warm-up, which resume must reproduce);
+    # fewer PGD steps and monitor images keep it cheap on 2 CPU cores
+    return get_profile("smoke").replace(recipe={"epochs": 2, "batch_size": 32,
+                                                "lr_warmup_epochs": 1},
                                         train_examples=64, monitor_examples=32,
                                         methods={"pgd_steps": 3})
 
@@ -200,6 +202,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(method: str, mnist: Im
                 assert torch.equal(torch.as_tensor(a[k][name]), torch.as_tensor(b[k][name]))
     loaded = load_run(profile, method, runs_root=root, device=CPU)
     _assert_same_tensors(_state(loaded.model), _state(whole.model))
+
+
+def test_the_learning_rate_warms_up_step_by_step_then_follows_the_schedule(
+        mnist: ImageDataset, tmp_path: Path) -> None:
+    recipe = Recipe(epochs=4, lr=0.1, lr_milestones=(3,), lr_warmup_epochs=2)
+    lrs = [_warmup_lr(recipe, step, steps_per_epoch=5) for step in range(12)]
+    assert lrs[:10] == pytest.approx([0.01 * (s + 1) for s in range(10)])
+    assert lrs[9] == 0.1 and lrs[10] is None and lrs[11] is None  # the schedule's from here
+    assert _warmup_lr(Recipe(epochs=4, lr=0.1, lr_milestones=(3,)), 0, 5) is None
+    with pytest.raises(ValueError, match="lr_warmup_epochs=4 runs past"):
+        Recipe(epochs=8, lr_milestones=(3,), lr_warmup_epochs=4)
+    seen = []
+    profile = _two_epochs()
+    run = train(profile, "standard", data=mnist, runs_root=tmp_path, progress=False, device=CPU,
+                on_batch_end=lambda e, b: seen.append(e))
+    assert seen == [0, 0, 1, 1] and run.finished
+    # the warm-up ended at the recipe's rate, which the second epoch keeps
+    assert run.metrics["history"][1]["lr"] == pytest.approx(profile.recipe.lr)
 
 
 def test_interrupt_while_saving_leaves_no_temp_file(mnist: ImageDataset, tmp_path: Path,

@@ -27,6 +27,7 @@ def test_the_validation_split_is_carved_from_the_training_images_only() -> None:
 def test_every_grid_point_decays_for_the_last_fifth(epochs: int, milestone: int) -> None:
     recipe = recipe_for(epochs, 0.05)
     assert recipe["lr_milestones"] == (milestone,) and recipe["epsilon_warmup_epochs"] == 2
+    assert recipe["lr_warmup_epochs"] == 1
     get_profile("quick", recipe=recipe)  # a valid profile
 
 

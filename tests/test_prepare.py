@@ -1,0 +1,69 @@
+"""adt.prepare: the runs the chapters need, trained and evaluated in worker processes, are
+exactly those the chapters then reuse (no training, no evaluation again)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from adt.data import load_dataset
+from adt.evaluate import evaluate_run
+from adt.methods import METHODS
+from adt.prepare import BUDGET_FACTOR, BUDGET_METHODS, evaluation_jobs, prepare, training_jobs
+from adt.profiles import get_profile
+from adt.train import train
+
+
+def test_the_jobs_are_every_method_and_seed_and_the_budget_check() -> None:
+    quick = get_profile("quick")
+    jobs = training_jobs(quick)
+    assert {(j.method, j.seed) for j in jobs if j.profile == quick} == {
+        (m, s) for m in METHODS for s in quick.seeds}
+    long = [j for j in jobs if j.profile != quick]
+    assert {j.method for j in long} == set(BUDGET_METHODS)
+    assert all(j.profile == quick.with_budget(BUDGET_FACTOR) and j.seed == 0 for j in long)
+    assert jobs[0].method == "adt_exp" and jobs[0].profile != quick  # longest first
+    evals = evaluation_jobs(quick)
+    assert sum(j.black_box for j in evals) == len(METHODS)  # the first seed of each
+    assert all(j.seed == quick.seeds[0] for j in evals if j.black_box)
+    assert all(j.reference == (j.profile == quick) for j in evals)
+
+
+def _never(epoch: int, batch: int) -> None:
+    raise AssertionError(f"trained (epoch {epoch}, batch {batch}) instead of reusing the run")
+
+
+def test_prepared_runs_and_tables_are_reused_as_they_are(tmp_path: Path) -> None:
+    methods = ("standard", "pgd_at")
+    profile = get_profile("smoke", methods={"pgd_steps": 2}, train_examples=64,
+                          monitor_examples=16)
+    seconds = prepare(profile, tmp_path, workers=2, methods=methods)
+    assert set(seconds) == {"train", "evaluate"}
+    data = load_dataset(profile.dataset)
+    for variant, method in [(profile, m) for m in methods] + [
+            (profile.with_budget(BUDGET_FACTOR), "pgd_at")]:
+        run = train(variant, method, 0, data=data, device="cpu", runs_root=tmp_path,
+                    progress=False, on_batch_end=_never)
+        assert run.finished
+        first = variant == profile
+        sources = ({"Standard": train(profile, "standard", 0, data=data, device="cpu",
+                                      runs_root=tmp_path, progress=False).model}
+                   if first and method == "pgd_at" else
+                   {"AT (PGD)": train(profile, "pgd_at", 0, data=data, device="cpu",
+                                      runs_root=tmp_path, progress=False).model}
+                   if first else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "... is not reused: ..." would fail here
+            warnings.filterwarnings("ignore", category=Warning, module="adt.sanity")
+            evaluate_run(run, data, sources=sources, black_box=first, progress=False)
+        assert (run.path / "eval.json").is_file()
+
+
+def test_a_failing_job_is_reported_and_left_to_the_notebook(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    profile = get_profile("smoke", dataset="cifar10")  # never on this machine
+    prepare(profile, tmp_path, workers=2, methods=("standard",))
+    out = capsys.readouterr().out
+    assert "train Standard seed 0 failed" in out and "evaluate Standard seed 0 failed" in out

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt.data import ImageDataset, load_dataset
-from adt.models import SmallCNN
+from adt.core.data import ImageDataset, load_dataset
+from adt.core.models import SmallCNN
 
 #: When this test process started (before any notebook ran under nbval in the same session).
 SESSION_STARTED = time.time()

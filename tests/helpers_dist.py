@@ -23,7 +23,7 @@ DATA = "mnist5k-head.pt"
 
 
 def smoke(**changes):
-    from adt.profiles import get_profile
+    from adt.config.profiles import get_profile
 
     return get_profile("smoke", **changes)
 
@@ -40,9 +40,9 @@ def _stop(epoch: int, batch: int) -> None:
 def _rank(root: Path) -> None:
     import torch
 
-    from adt import distributed as ddp
-    from adt.data import DATASETS, ImageDataset
-    from adt.train import train
+    from adt.core.data import DATASETS, ImageDataset
+    from adt.training import distributed as ddp
+    from adt.training.loop import train
 
     torch.set_num_threads(1)
     ctx, device = ddp.init_from_env("cpu")
@@ -68,9 +68,9 @@ def conditioning_setup(data):
     """A seeded SmallCNN, the AM maximiser of the smoke profile, and a batch of 64."""
     import torch
 
-    from adt.data import to_float
-    from adt.methods import build_maximizer
-    from adt.models import SmallCNN
+    from adt.core.data import to_float
+    from adt.core.models import SmallCNN
+    from adt.method.methods import build_maximizer
 
     torch.manual_seed(5)
     model = SmallCNN(1, 10, width=8, hidden=32)
@@ -83,8 +83,8 @@ def _conditioning(data, ctx, device, root: Path) -> None:
     computes it (through DistributedClassifier, under wrapped_maximizer)."""
     import torch
 
-    from adt import distributed as ddp
-    from adt.inner import gradient_conditioning
+    from adt.method.amortized import gradient_conditioning
+    from adt.training import distributed as ddp
 
     model, am, x, y = conditioning_setup(data)
     classifier = ddp.DistributedClassifier(model, device)

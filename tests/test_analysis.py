@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from torch import nn
 
-from adt.analysis import (
+from adt.method.amortized import AmortizedImplicitADT
+from adt.method.distributions import TanhGaussian
+from adt.study.analysis import (
     compare_per_image,
     distribution_robust_accuracy,
     hessian_power_iteration,
@@ -23,8 +25,6 @@ from adt.analysis import (
     pgd_restarts,
     tanh_gaussian_sampler,
 )
-from adt.distributions import TanhGaussian
-from adt.inner import AmortizedImplicitADT
 
 
 def linear_model(shape: tuple[int, ...], classes: int, seed: int = 0,

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from adt.profiles import PROFILES
-from adt.provenance import COMMITTED_PROFILE, CUDA_PROFILES, PROFILE_NAMES, TEMPORARY_PROFILES
+from adt.config.profiles import PROFILES
+from adt.config.provenance import (
+    COMMITTED_PROFILE,
+    CUDA_PROFILES,
+    PROFILE_NAMES,
+    TEMPORARY_PROFILES,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "adt"

@@ -3,11 +3,12 @@
 import json
 import math
 
-from adt import bench
-from adt.bench import cost_ratios, main
-from adt.data import DATASETS
-from adt.methods import METHODS, build_maximizer
-from adt.profiles import get_profile
+from adt.artifact import bench
+from adt.artifact.bench import main
+from adt.artifact.costs import cost_ratios
+from adt.config.profiles import get_profile
+from adt.core.data import DATASETS
+from adt.method.methods import METHODS, build_maximizer
 
 
 def test_training_benchmark_writes_a_table_for_every_method(tmp_path, capsys):

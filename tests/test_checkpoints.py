@@ -17,16 +17,16 @@ from conftest import randomised
 from helpers_data import write_cifar10
 from torch import nn
 
-from adt.checkpoints import (
+from adt.config.profiles import EvalSettings
+from adt.core.models import PreActResNet18, SmallCNN, WideResNet
+from adt.evaluation.checkpoints import (
     infer_architecture,
     load_checkpoint,
     read_state_dict,
     released_models,
 )
-from adt.evaluate import checkpoint_attacks, evaluate_released, main
-from adt.models import PreActResNet18, SmallCNN, WideResNet
-from adt.profiles import EvalSettings
-from adt.runs import state_hash
+from adt.evaluation.cli import checkpoint_attacks, evaluate_released, main
+from adt.training.runs import state_hash
 
 
 def _release_blob(model: WideResNet, wrap: str = "state_dict") -> object:
@@ -99,7 +99,7 @@ def test_our_run_checkpoint_and_run_folder_load(tmp_path: Path, wrn: WideResNet)
     run = tmp_path / "paper" / "cifar10" / "adt_exp-seed0"
     run.mkdir(parents=True)
     identity = {"profile": "paper", "dataset": "cifar10", "method": "adt_exp", "seed": 0}
-    # as adt.runs.save_checkpoint writes it: RNG states beside the weights
+    # as adt.training.runs.save_checkpoint writes it: RNG states beside the weights
     torch.save({"format": 1, "identity": identity, "epoch": 3, "model": wrn.state_dict(),
                 "maximizer": {}, "rng": {"numpy": __import__("numpy").random.get_state()}},
                run / "checkpoint.pt")

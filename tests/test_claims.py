@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from adt.claims import (
+from adt.evaluation.table import RobustnessTable
+from adt.study.claims import (
     A_ROB,
     Claim,
     claims_markdown,
@@ -19,8 +20,7 @@ from adt.claims import (
     seed_rows,
     white_box_columns,
 )
-from adt.stats import Interval
-from adt.table import RobustnessTable
+from adt.study.stats import Interval
 
 
 def table(seed: int, clean: np.ndarray, pgd: np.ndarray) -> RobustnessTable:

@@ -10,8 +10,14 @@ import pytest
 import torch
 from helpers_data import write_cifar10, write_cifar100, write_idx_dataset, write_svhn
 
-import adt.data as data_mod
-from adt.data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset, random_crop_flip
+import adt.core.data as data_mod
+from adt.core.data import (
+    DATASETS,
+    DatasetNotFoundError,
+    ImageDataset,
+    load_dataset,
+    random_crop_flip,
+)
 
 
 @pytest.fixture(scope="module")

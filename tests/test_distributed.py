@@ -4,8 +4,8 @@ One launch of 2 processes (:mod:`helpers_dist`) trains, per method, one step of 
 batch of 64 (PGD-AT, ADT_EXP, and the AM methods with their wrapped generators), a whole
 smoke run of ADT_EXP, and a 2-epoch PGD-AT run interrupted at its second epoch; this
 process trains the same runs alone and compares. Each example's draws are made for the
-global batch (:class:`adt.distributed.GlobalBatchDraws`) and the generators' BatchNorm is
-synchronised (:class:`adt.distributed.GlooSyncBatchNorm`), so the runs agree to float
+global batch (:class:`adt.training.distributed.GlobalBatchDraws`) and the generators' BatchNorm is
+synchronised (:class:`adt.training.distributed.GlooSyncBatchNorm`), so the runs agree to float
 tolerance.
 """
 
@@ -24,11 +24,12 @@ from helpers_dist import (
     smoke,
 )
 
-from adt import distributed as ddp
-from adt.data import load_dataset
-from adt.inner import ExplicitADT, gradient_conditioning
-from adt.runs import CHECKPOINT, run_dir
-from adt.train import main, parse_overrides, train
+from adt.core.data import load_dataset
+from adt.method.amortized import gradient_conditioning
+from adt.method.explicit import ExplicitADT
+from adt.training import distributed as ddp
+from adt.training.loop import main, parse_overrides, train
+from adt.training.runs import CHECKPOINT, run_dir
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
-from adt.distributions import EntropyEstimate, TanhGaussian, log1m_tanh_sq
+from adt.method.distributions import EntropyEstimate, TanhGaussian, log1m_tanh_sq
 
 EPS = 0.3
 SHAPE = (2, 3, 3)  # event shape (C, H, W) of the small test images

@@ -12,15 +12,23 @@ import torch
 from conftest import Quantized, Recorder, trained_small_cnn
 from torch import nn
 
-from adt import evaluate
-from adt.attacks import fgsm, mim, pgd
-from adt.evaluate import eval_path, evaluate_run, robustness_table
-from adt.profiles import EvalSettings, get_profile
-from adt.protocol import CLEAN, AttackSpec, black_box_attacks, standard_attacks, white_box_attacks
-from adt.runs import run_dir
-from adt.sanity import GradientMaskingError, GradientMaskingWarning, SanityChecks, run_checks
-from adt.table import RobustnessTable, load_table
-from adt.train import train
+from adt.config.profiles import EvalSettings, get_profile
+from adt.evaluation import engine as evaluate
+from adt.evaluation.attacks import fgsm, mim, pgd
+from adt.evaluation.checks import SanityChecks
+from adt.evaluation.engine import robustness_table
+from adt.evaluation.protocol import (
+    CLEAN,
+    AttackSpec,
+    black_box_attacks,
+    standard_attacks,
+    white_box_attacks,
+)
+from adt.evaluation.sanity import GradientMaskingError, GradientMaskingWarning, run_checks
+from adt.evaluation.stored import eval_path, evaluate_run
+from adt.evaluation.table import RobustnessTable, load_table
+from adt.training.loop import train
+from adt.training.runs import run_dir
 
 EPS = 0.3  # MNIST
 SETTINGS = EvalSettings(n_examples=64, batch_size=64, pgd_steps=(5, 10), mim_steps=5, cw_steps=5,

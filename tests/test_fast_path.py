@@ -15,12 +15,12 @@ import sys
 import pytest
 import torch
 
-from adt.data import DATASETS
-from adt.inner import ExplicitADT
-from adt.methods import METHODS, build_maximizer
-from adt.models import SmallCNN
-from adt.profiles import get_profile
-from adt.train import train_step
+from adt.config.profiles import get_profile
+from adt.core.data import DATASETS
+from adt.core.models import SmallCNN
+from adt.method.explicit import ExplicitADT
+from adt.method.methods import METHODS, build_maximizer
+from adt.training.loop import train_step
 
 SMOKE = get_profile("smoke")
 SPEC = DATASETS["mnist5k"]
@@ -108,8 +108,8 @@ def test_bf16_autocast_explicit_adt_parameters_stay_float32():
 
 
 def test_the_compile_switch_trains_to_the_same_weights(tmp_path):
-    from adt.data import load_dataset
-    from adt.train import train
+    from adt.core.data import load_dataset
+    from adt.training.loop import train
 
     data = load_dataset("mnist5k")
     profile = SMOKE.replace(train_examples=128, monitor_examples=32)

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from conftest import trained_small_cnn
 from torch import nn
 
-from adt.attacks import _other_class_targets, fea_attack
-from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT
-from adt.methods import MethodSettings
-from adt.models import Encoder, Generator, NoiseMap
-from adt.profiles import Recipe, get_profile
+from adt.config.profiles import Recipe, get_profile
+from adt.core.models import Encoder, Generator, NoiseMap
+from adt.evaluation.attacks import _other_class_targets, fea_attack
+from adt.method.amortized import AmortizedExplicitADT, AmortizedImplicitADT
+from adt.method.explicit import ExplicitADT
+from adt.method.methods import MethodSettings
 
 EPS = 0.3
 T, K, LAMBDA, LR = 4, 3, 0.01, 0.3

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from adt import provenance
-from adt.provenance import check_fresh, code_hashes, file_hash, notebook_code_hash
+from adt.config import provenance
+from adt.config.provenance import check_fresh, code_hashes, file_hash, notebook_code_hash
 
 
 def notebook(path: Path, code: str, output: str = "") -> None:
@@ -95,7 +95,7 @@ def test_an_unexecuted_notebook_is_named(tmp_path):
 def test_clean_executed_drops_the_injected_cell_renumbers_and_drops_widget_state(tmp_path):
     import nbformat
 
-    from adt.pipeline import clean_executed
+    from adt.artifact.pipeline import clean_executed
 
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("profile = 'quick'", metadata={"tags": ["parameters"]},
@@ -120,7 +120,7 @@ def test_clean_executed_drops_the_injected_cell_renumbers_and_drops_widget_state
 def test_an_orphan_is_named_with_what_to_do_and_the_check_fails(tmp_path, capsys, monkeypatch):
     import functools
 
-    from adt import pipeline
+    from adt.artifact import pipeline
 
     root = tree(tmp_path)
     monkeypatch.setattr(pipeline, "check_fresh", functools.partial(check_fresh, root=root))

@@ -1,5 +1,5 @@
 """Validity gates: each passes and fails on constructed inputs, at its boundary, and the
-precedence of :func:`adt.gates.gated_verdict`."""
+precedence of :func:`adt.study.gates.gated_verdict`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adt import gates as G
-from adt.gates import (
+from adt.evaluation.checks import CheckResult
+from adt.study import gates as G
+from adt.study.gates import (
     BUDGET_SENSITIVE,
     GATED_VERDICTS,
     INCONCLUSIVE,
@@ -35,8 +36,7 @@ from adt.gates import (
     verdict_category,
     working_generator,
 )
-from adt.sanity import CheckResult
-from adt.stats import Comparison, Interval, paired_comparison
+from adt.study.stats import Comparison, Interval, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from conftest import Recorder, trained_small_cnn
 from torch import nn
 
-from adt.data import DATASETS
-from adt.distributions import TanhGaussian
-from adt.inner import AmortizedExplicitADT, AmortizedImplicitADT, ExplicitADT, grad_reverse
-from adt.methods import METHODS, build_maximizer
-from adt.models import SmallCNN, build_model
-from adt.profiles import get_profile
-from adt.train import train_step
+from adt.config.profiles import get_profile
+from adt.core.data import DATASETS
+from adt.core.models import SmallCNN, build_model
+from adt.method.amortized import AmortizedExplicitADT, AmortizedImplicitADT, grad_reverse
+from adt.method.distributions import TanhGaussian
+from adt.method.explicit import ExplicitADT
+from adt.method.methods import METHODS, build_maximizer
+from adt.training.loop import train_step
 
 EPS = 0.3  # MNIST's budget
 

@@ -7,13 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import randomised
 
-from adt.models import (
-    PreActResNet18,
-    SmallCNN,
-    WideResNet,
-    build_model,
-    penultimate_features,
-)
+from adt.core.models import PreActResNet18, SmallCNN, WideResNet, build_model, penultimate_features
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -5,7 +5,7 @@ The exact configuration of `paper` (WRN-28-10, the release's recipe and method s
 ngf 256 generators, k = 5 samples, lambda, lrs, eps 8/255, crop + flip) and of `fashion`
 (PreActResNet18 on 1-channel 28x28 images, ngf 64) runs on small synthetic files in the
 CIFAR-10 and Fashion-MNIST on-disk formats: one training step of every method through
-`adt.train.train` (checkpoint included), then one evaluation batch of every model under the
+`adt.training.loop.train` (checkpoint included), then one evaluation batch of every model under the
 paper's white-box attacks and AutoAttack `standard`. Only the sizes shrink (2 training images,
 batch 2, 1 test image) and the iteration counts are cut to 1 (T, PGD and attack steps, Square
 queries): the same code runs for 1 iteration as for 100. The `cifar` profile takes one
@@ -20,13 +20,13 @@ import pytest
 import torch
 from helpers_data import write_cifar10, write_idx_dataset
 
-from adt.data import load_dataset
-from adt.evaluate import robustness_table
-from adt.methods import METHODS
-from adt.models import PreActResNet18, WideResNet
-from adt.profiles import get_profile
-from adt.protocol import AttackSpec, white_box_attacks
-from adt.train import train
+from adt.config.profiles import get_profile
+from adt.core.data import load_dataset
+from adt.core.models import PreActResNet18, WideResNet
+from adt.evaluation.engine import robustness_table
+from adt.evaluation.protocol import AttackSpec, white_box_attacks
+from adt.method.methods import METHODS
+from adt.training.loop import train
 
 PAPER = get_profile("paper")
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import Recorder
 
-from adt.data import DATASETS
-from adt.methods import METHODS, MethodSettings, build_maximizer
-from adt.models import SmallCNN
-from adt.profiles import get_profile
-from adt.train import train_step
+from adt.config.profiles import get_profile
+from adt.core.data import DATASETS
+from adt.core.models import SmallCNN
+from adt.method.methods import METHODS, MethodSettings, build_maximizer
+from adt.training.loop import train_step
 
 B = 8  # images per batch
 SPEC = DATASETS["mnist5k"]

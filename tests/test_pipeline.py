@@ -20,9 +20,10 @@ import nbformat
 import pytest
 from conftest import SESSION_STARTED, recording_notebook
 
-from adt.io import read_json, write_json
-from adt.pipeline import NOTEBOOKS, PipelineError, run_pipeline
-from adt.provenance import MANIFEST, PROFILE_NAMES, git_commit
+from adt.artifact.pipeline import PipelineError, run_pipeline
+from adt.artifact.plan import NOTEBOOKS
+from adt.config.provenance import MANIFEST, PROFILE_NAMES, git_commit
+from adt.core.io import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "figures" / "MANIFEST.json"

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from adt.data import load_dataset
-from adt.evaluate import evaluate_run
-from adt.methods import METHODS
-from adt.prepare import BUDGET_FACTOR, BUDGET_METHODS, evaluation_jobs, prepare, training_jobs
-from adt.profiles import get_profile
-from adt.train import train
+from adt.artifact.prepare import (
+    BUDGET_FACTOR,
+    BUDGET_METHODS,
+    evaluation_jobs,
+    prepare,
+    training_jobs,
+)
+from adt.config.profiles import get_profile
+from adt.core.data import load_dataset
+from adt.evaluation.stored import evaluate_run
+from adt.method.methods import METHODS
+from adt.training.loop import train
 
 
 def test_the_jobs_are_every_method_and_seed_and_the_budget_check() -> None:

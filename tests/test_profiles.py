@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from adt.methods import METHODS, MethodSettings
-from adt.profiles import PROFILES, EvalSettings, Profile, Recipe, get_profile
+from adt.config.profiles import PROFILES, EvalSettings, Profile, Recipe, get_profile
+from adt.method.methods import METHODS, MethodSettings
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

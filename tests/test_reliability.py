@@ -26,16 +26,11 @@ import pytest
 import torch
 from conftest import recording_notebook, synthetic_notebook, trained_small_cnn
 
-from adt import _checks, bench, evaluate, pipeline
-from adt.attacks import pgd
-from adt.data import ImageDataset, load_dataset
-from adt.evaluate import evaluate_run, robustness_table, run_fingerprint
-from adt.io import read_json, write_json
-from adt.pipeline import PipelineError, plan_pipeline, run_pipeline
-from adt.primitives import check_batch
-from adt.profiles import PROFILES, get_profile
-from adt.protocol import CLEAN
-from adt.provenance import (
+from adt.artifact import bench, pipeline
+from adt.artifact.pipeline import PipelineError, run_pipeline
+from adt.artifact.plan import plan_pipeline
+from adt.config.profiles import PROFILES, get_profile
+from adt.config.provenance import (
     COMMITTED_PROFILE,
     MANIFEST,
     REPO_ROOT,
@@ -43,19 +38,28 @@ from adt.provenance import (
     default_output_dir,
     record_artefact,
 )
-from adt.runs import (
+from adt.core import _checks
+from adt.core.data import ImageDataset, load_dataset
+from adt.core.io import read_json, write_json
+from adt.core.primitives import check_batch
+from adt.evaluation import engine as evaluate
+from adt.evaluation.attacks import pgd
+from adt.evaluation.engine import robustness_table
+from adt.evaluation.protocol import CLEAN
+from adt.evaluation.sanity import GradientMaskingWarning
+from adt.evaluation.stored import evaluate_run, run_fingerprint
+from adt.evaluation.table import load_table
+from adt.training.loop import train
+from adt.training.modules import load_run
+from adt.training.runs import (
     LOCK,
     METRICS,
     RunLock,
     RunLockedError,
-    load_run,
     profile_folder,
     run_dir,
     state_hash,
 )
-from adt.sanity import GradientMaskingWarning
-from adt.table import load_table
-from adt.train import train
 
 CPU = "cpu"
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +169,9 @@ def test_an_eval_json_without_identity_is_recomputed(evaluated, mnist, monkeypat
 
 def test_a_killed_final_metrics_write_is_repaired(mnist, tmp_path, monkeypatch) -> None:
     """The checkpoint of the last epoch was written, metrics.json was not: a rerun repairs it."""
-    import adt.runs
+    import adt.training.runs
 
-    real = adt.runs.write_json
+    real = adt.training.runs.write_json
 
     def killed(obj, path):
         if Path(path).name == METRICS and obj.get("finished"):

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adt.stats import Interval, _boot_means, _replicates, paired_comparison, seed_summary, verdict
+from adt.study.stats import (
+    Interval,
+    _boot_means,
+    _replicates,
+    paired_comparison,
+    seed_summary,
+    verdict,
+)
 
 
 def test_bootstrap_means_equal_an_explicit_loop_over_the_drawn_cells():

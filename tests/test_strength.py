@@ -8,10 +8,11 @@ import torch
 from conftest import trained_small_cnn
 from torch import nn
 
-from adt.attacks import autoattack, autoattack_parts, fgsm
-from adt.evaluate import RandomizedModelError, robustness_table
-from adt.profiles import EvalSettings
-from adt.protocol import (
+from adt.config.profiles import EvalSettings
+from adt.evaluation.attacks import autoattack, autoattack_parts, fgsm
+from adt.evaluation.checks import SanityChecks
+from adt.evaluation.engine import RandomizedModelError, robustness_table
+from adt.evaluation.protocol import (
     CLEAN,
     AttackSpec,
     autoattack_specs,
@@ -19,8 +20,8 @@ from adt.protocol import (
     full_autoattack,
     white_box_attacks,
 )
-from adt.sanity import SanityChecks, pgd_close_to_autoattack, score_based_only
-from adt.table import RobustnessTable
+from adt.evaluation.sanity import pgd_close_to_autoattack, score_based_only
+from adt.evaluation.table import RobustnessTable
 
 EPS = 0.3
 
@@ -154,14 +155,14 @@ def test_the_masking_test_fails_when_the_check_is_off(mildly_masked, monkeypatch
     switched off), the same table fails them."""
     import dataclasses
 
-    import adt.sanity
+    import adt.evaluation.sanity
 
     def switched_off(table, checks):
         return [dataclasses.replace(c, status="passed")
                 for c in score_based_only(table, checks)]
 
     monkeypatch.setattr(adt.sanity, "score_based_only", switched_off)
-    table = dataclasses.replace(mildly_masked, checks=adt.sanity.run_checks(mildly_masked))
+    table = dataclasses.replace(mildly_masked, checks=adt.evaluation.sanity.run_checks(mildly_masked))
     assert {c.name: c.status for c in table.checks}["score_only[AutoAttack]"] == "passed"
     with pytest.raises(AssertionError):
         _assert_masking_flagged_and_in_a_rob(table)
@@ -259,10 +260,10 @@ def test_the_original_autoattack_runs_on_the_a_rob_survivors_and_is_reused(tmp_p
     """The original AutoAttack runs on exactly the survivors of A_rob (planted: 0, 3 and 5
     of 8), keeps its table and reuses it; with no survivors nothing runs and nothing is
     written (the result, all False, needs no attack)."""
-    import adt.evaluate as E
-    from adt.profiles import get_profile
-    from adt.table import load_table
-    from adt.train import train
+    import adt.evaluation.engine as E
+    from adt.config.profiles import get_profile
+    from adt.evaluation.table import load_table
+    from adt.training.loop import train
 
     def no_attacks(*args, **kwargs):
         raise AssertionError("no attack should have run")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from adt import sweep as sw
-from adt.methods import METHODS
-from adt.profiles import get_profile
-from adt.runs import METRICS, RunLock, run_dir
+from adt.config.profiles import get_profile
+from adt.method.methods import METHODS
+from adt.training import sweep as sw
+from adt.training.runs import METRICS, RunLock, run_dir
 
 PAPER = get_profile("paper")
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import trained_small_cnn
 
-from adt.data import DATASETS
-from adt.inner import TRADES, kl_to_clean
-from adt.methods import MethodSettings, build_maximizer
-from adt.train import train_step
+from adt.core.data import DATASETS
+from adt.method.inner import TRADES, kl_to_clean
+from adt.method.methods import MethodSettings, build_maximizer
+from adt.training.loop import train_step
 
 EPS = 0.3
 

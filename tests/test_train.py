@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from adt.data import ImageDataset, load_dataset
-from adt.io import read_json
-from adt.profiles import Profile, Recipe, get_profile
-from adt.runs import load_run, run_dir
-from adt.train import _warmup_lr, train
+from adt.config.profiles import Profile, Recipe, get_profile
+from adt.core.data import ImageDataset, load_dataset
+from adt.core.io import read_json
+from adt.training.loop import _warmup_lr, train
+from adt.training.modules import load_run
+from adt.training.runs import run_dir
 
 CPU = "cpu"
 METHOD = "adt_exp"  # the cheapest adversarial method on the smoke profile
@@ -267,7 +268,7 @@ def test_bad_inputs_raise_and_write_nothing(mnist: ImageDataset, tmp_path: Path)
 
 
 def test_data_of_another_dataset_is_refused(tmp_path: Path) -> None:
-    from adt.data import DATASETS
+    from adt.core.data import DATASETS
 
     fake = ImageDataset(DATASETS["cifar10"], torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
                         torch.zeros(2), torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adt.data import load_dataset
-from adt.profiles import get_profile
-from adt.tune import GRID, TUNED_ON, choose, recipe_for, validation_split
+from adt.config.profiles import get_profile
+from adt.core.data import load_dataset
+from adt.study.tune import GRID, TUNED_ON, choose, recipe_for, validation_split
 
 
 def test_the_validation_split_is_carved_from_the_training_images_only() -> None:

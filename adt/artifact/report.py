@@ -20,18 +20,18 @@ from typing import Any
 
 import torch
 
-from adt.data import ImageDataset, load_dataset
-from adt.evaluate import evaluate_run
-from adt.inner import InnerMaximizer
-from adt.io import markdown_table, read_json, write_json
-from adt.methods import LABELS, build_maximizer
-from adt.profiles import Profile, get_profile
-from adt.provenance import REPO_ROOT, default_output_dir, read_manifest, record_artefact
-from adt.runs import Run
-from adt.runtime import resolve_device
-from adt.sanity import GradientMaskingWarning
-from adt.table import RobustnessTable
-from adt.train import train
+from adt.config.profiles import Profile, get_profile
+from adt.config.provenance import REPO_ROOT, default_output_dir, read_manifest, record_artefact
+from adt.core.data import ImageDataset, load_dataset
+from adt.core.io import markdown_table, read_json, write_json
+from adt.core.runtime import resolve_device
+from adt.evaluation.sanity import GradientMaskingWarning
+from adt.evaluation.stored import evaluate_run
+from adt.evaluation.table import RobustnessTable
+from adt.method.inner import InnerMaximizer
+from adt.method.methods import LABELS, build_maximizer
+from adt.training.loop import train
+from adt.training.runs import Run
 
 __all__ = ["PAPER", "Context", "markdown_table", "plain_text", "set_style", "show_source"]
 
@@ -149,7 +149,7 @@ class Context:
 
     def evaluate(self, runs: dict[str, list[Run]], progress: bool = True
                  ) -> dict[str, list[RobustnessTable]]:
-        """The robustness table of every run (:func:`adt.evaluate.evaluate_run`): the
+        """The robustness table of every run (:func:`adt.evaluation.stored.evaluate_run`): the
         profile's white-box attacks on its ``n_examples`` test images (capped at the test
         split) for every seed; for the first seed also the black-box rows (transfer attacks
         from every other method's model of that seed, SPSA). Stored tables are reused."""

@@ -2,7 +2,7 @@
 the claims ledger written to ``figures/CLAIMS.md``.
 
 The statistics are :mod:`adt.stats`'s; this module only says which per-example values
-are compared (the stored per-example correctness of :class:`~adt.table.RobustnessTable`,
+are compared (the stored per-example correctness of :class:`~adt.evaluation.table.RobustnessTable`,
 paired by seed and test image) and how the results are written.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from adt.gates import GATED_VERDICTS, verdict_category
-from adt.io import markdown_table
-from adt.stats import Comparison, Interval, paired_comparison, seed_summary
-from adt.table import RobustnessTable
+from adt.core.io import markdown_table
+from adt.evaluation.table import RobustnessTable
+from adt.study.stats import Comparison, Interval, paired_comparison, seed_summary
+from adt.study.verdicts import GATED_VERDICTS, verdict_category
 
 __all__ = ["A_ROB", "curvature_comparison", "format_log_ratio", "per_example",
            "white_box_columns", "format_cell", "seed_rows", "compare_methods", "equivalence_verdict", "Claim", "format_effect", "claims_markdown"]
@@ -58,7 +58,7 @@ def seed_rows(tables: Mapping[str, Sequence[RobustnessTable]], columns: Sequence
               labels: Mapping[str, str] | None = None
               ) -> tuple[list[list[str]], dict[str, dict[str, dict[str, float]]]]:
     """One row per method: its label, then :func:`format_cell` of each column over its
-    seeds; also the summaries themselves (method -> column -> :func:`~adt.stats.seed_summary`)."""
+    seeds; also the summaries themselves (method -> column -> :func:`~adt.study.stats.seed_summary`)."""
     rows, summaries = [], {}
     for method, method_tables in tables.items():
         summaries[method] = {c: seed_summary(per_example(method_tables, c)) for c in columns}
@@ -120,7 +120,7 @@ def format_effect(effect: Interval, *, scale: float = 100.0, unit: str = " point
 def claims_markdown(claims: Sequence[Claim], *, title: str, preamble: str,
                     provenance: Mapping[str, Any], sections: Sequence[str] = ()) -> str:
     """The claims ledger as Markdown: a table of every claim (verdicts as
-    :func:`adt.gates.gated_verdict` reports them, counted by category), then ``sections``
+    :func:`adt.study.gates.gated_verdict` reports them, counted by category), then ``sections``
     (e.g. the gate table), then where it came from."""
     header = ["claim (paper)", "test", "effect [95% interval]", "verdict", "evidence",
               "departures that could explain a gap"]

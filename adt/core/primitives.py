@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt._checks import check_positive
-from adt.runtime import per_example
+from adt.core._checks import check_positive
+from adt.core.runtime import per_example
 
 __all__ = ["Loss", "Objective", "ce_sum", "ce_per_example", "cross_entropy", "margin",
            "cw_loss", "objective_gradient", "input_gradient", "project", "uniform_start",

@@ -32,9 +32,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from adt._checks import check_epsilon, check_int_at_least, check_positive
-from adt.distributions import TanhGaussian
-from adt.primitives import (
+from adt.core._checks import check_epsilon, check_int_at_least, check_positive
+from adt.core.primitives import (
     ce_sum,
     check_batch,
     cross_entropy,
@@ -42,7 +41,8 @@ from adt.primitives import (
     sign_ascent,
     uniform_start,
 )
-from adt.runtime import device_of, per_example
+from adt.core.runtime import device_of, per_example
+from adt.method.distributions import TanhGaussian
 
 __all__ = ["Sampler", "PCA2D", "generator_sample_correct", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
@@ -85,7 +85,7 @@ def pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon:
     """PGD adversarial images from ``restarts`` independent uniform random starts (Figure 1).
 
     All restarts run as one batch of ``restarts * B`` images through PGD's loop
-    (:func:`adt.primitives.sign_ascent`, Eq. 2). Returns adversarial images (not perturbations)
+    (:func:`adt.core.primitives.sign_ascent`, Eq. 2). Returns adversarial images (not perturbations)
     of shape ``(restarts, B, C, H, W)``, each in the l_inf ball around its x and in [0, 1].
     Memory grows with ``restarts * B``; chunk the batch of images if needed.
     """

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from adt.data import DATASETS, DatasetNotFoundError, load_dataset
-from adt.models import MODELS
-from adt.runs import CHECKPOINT
+from adt.core.data import DATASETS, DatasetNotFoundError, load_dataset
+from adt.core.models import MODELS
+from adt.training.runs import CHECKPOINT
 
 __all__ = ["Architecture", "LoadedCheckpoint", "ReleaseStatus", "RELEASE_FOLDER", "SUPPORTED",
            "read_state_dict", "infer_architecture", "load_checkpoint", "released_models"]
@@ -56,7 +56,7 @@ def _download_hint(root: Path | str = "data", runs: bool = True) -> str:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A classifier of :data:`adt.models.MODELS`: its registry name and constructor
+    """A classifier of :data:`adt.core.models.MODELS`: its registry name and constructor
     arguments (``kwargs``: depth and widen_factor, or width, hidden and image_size)."""
 
     model: str
@@ -202,7 +202,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor],
                             {"width": w, "hidden": hidden, "image_size": image_size})
     raise ValueError(f"the checkpoint's architecture is not supported: found {_found(state)}. "
                      f"Supported: {SUPPORTED}. Evaluate another model from Python with "
-                     "adt.evaluate.robustness_table(model, data, attacks)")
+                     "adt.evaluation.engine.robustness_table(model, data, attacks)")
 
 
 def _check_dataset(arch: Architecture, dataset: str, path: Path) -> None:

@@ -21,24 +21,48 @@ verdict and the gates of its claim into the verdict that is reported:
 :func:`distinct_models` is of kind **independence**: a near-clone does not change a
 verdict, but its claims are not counted as independent evidence (see its docstring).
 
-The thresholds are module constants (keyword defaults of the gates); each comment says
-where it comes from. Every comparison allows a rounding slack of 1e-9, so a value exactly
+This module holds the validity and independence gates; the budget and evidence gates are
+:mod:`adt.study.evidence`, the :class:`Gate` record and :func:`gated_verdict`
+:mod:`adt.study.verdicts`; both are re-exported here, so that this module is the gates'
+one interface for the chapters. The thresholds are module constants (keyword defaults of
+the gates); each comment says where it comes from. Every comparison allows a rounding slack of 1e-9, so a value exactly
 at a threshold is on the side the threshold's text says.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from adt._checks import check_int_at_least, check_nonnegative, check_positive
-from adt.stats import VERDICTS, Comparison, Interval
+from adt.core._checks import check_int_at_least, check_nonnegative, check_positive
+from adt.study.evidence import (
+    COST_MAX_SPREAD,
+    COST_MIN_REPEATS,
+    MIN_SEEDS,
+    cost_measured,
+    enough_evidence,
+    per_seed_spread,
+    stable_under_budget,
+)
+from adt.study.verdicts import (
+    BUDGET_SENSITIVE,
+    GATE_KINDS,
+    GATED_VERDICTS,
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    SLACK,
+    SUPPORTED,
+    Gate,
+    at_least,
+    at_most,
+    gated_verdict,
+    gates_table,
+    verdict_category,
+)
 
 __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE",
            "BUDGET_SENSITIVE", "GATED_VERDICTS", "GATE_KINDS", "UNRELIABLE_COLUMNS",
@@ -49,17 +73,6 @@ __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE"
            "unreliable_columns", "reliable_column", "a_rob_close_to_full_autoattack",
            "working_generator", "distinct_models", "per_seed_spread", "enough_evidence",
            "cost_measured", "gated_verdict", "verdict_category", "gates_table"]
-
-# --- the reported verdicts ---------------------------------------------------------------
-
-SUPPORTED = "supported"
-NOT_REPRODUCED = "not reproduced at this scale"
-INCONCLUSIVE = "inconclusive"
-#: The prefix of every "not testable here: ..." verdict.
-NOT_TESTABLE = "not testable here"
-BUDGET_SENSITIVE = f"{INCONCLUSIVE}: budget-sensitive"
-#: The four categories a gated verdict falls in (:func:`verdict_category`), for counting.
-GATED_VERDICTS = (SUPPORTED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
 
 # --- thresholds ----------------------------------------------------------------------------
 
@@ -102,26 +115,6 @@ CLONE_MAX_AGREEMENT = 0.95
 #: ... and an attack crafted on one leaves the other at most 5 points above the other's
 #: own white-box accuracy (the attack transfers with no loss: same decision surface).
 CLONE_MAX_TRANSFER_GAP = 0.05
-#: A verdict needs at least 2 seeds: with one, the seed-to-seed spread is not seen at all.
-MIN_SEEDS = 2
-#: Interleaved repetitions of a cost ratio must agree within 25 % of their median
-#: ((max - min) / median): well inside the factor-1.5 margin of the cost claims
-#: (log 1.5 = 0.41), so the spread of the timing alone cannot move a verdict across it.
-COST_MAX_SPREAD = 0.25
-#: At least three repetitions: with two, one outlier cannot be told from the rule.
-COST_MIN_REPEATS = 3
-
-_SLACK = 1e-9  # rounding slack of every comparison with a threshold
-
-#: The kind of each gate, by name (the part before "[" for names such as
-#: ``reliable_column[PGD-20]``); :func:`gated_verdict` reads it. Unknown names count as
-#: validity gates.
-GATE_KINDS = {"converged": "validity", "credible_baseline": "validity",
-              "credible_trades": "validity", "reliable_column": "validity",
-              "a_rob_close_to_full_autoattack": "validity", "working_generator": "validity",
-              "cost_measured": "validity", "stable_under_budget": "budget",
-              "enough_evidence": "evidence", "distinct_models": "independence"}
-
 # --- which columns a failed masking check makes unusable ---------------------------------
 
 #: Fixed-step gradient attacks (no adaptive step size, no gradient-free fallback).
@@ -164,46 +157,6 @@ UNRELIABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "score_only": _GRADIENT,
     "pgd_vs_autoattack": _FIXED_STEP,
 }
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The outcome of one gate: its name, the model (a method label, or a pair such as
-    "ADT_EXP vs AT"), the measured value, the threshold as text (e.g. ">= 0.75"), whether it
-    passed, and what was measured on what. ``reason`` is a failed gate's short reason, the
-    "<why>" of "inconclusive: <why>" for evidence gates."""
-
-    gate: str
-    model: str
-    value: float | None
-    threshold: str
-    passed: bool
-    detail: str
-    reason: str = ""
-
-    @property
-    def kind(self) -> str:
-        """"validity", "budget", "evidence" or "independence" (:data:`GATE_KINDS`)."""
-        return GATE_KINDS.get(self.gate.split("[", 1)[0], "validity")
-
-    def to_row(self) -> list[str]:
-        """gate, model, value, threshold, pass/fail, detail: a row of :func:`gates_table`."""
-        return [self.gate, self.model or "-", _format_value(self.value), self.threshold,
-                "pass" if self.passed else "FAIL", self.detail]
-
-
-def _format_value(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def _at_most(value: float, limit: float) -> bool:
-    return value <= limit + _SLACK
-
-
-def _at_least(value: float, limit: float) -> bool:
-    return value >= limit - _SLACK
-
-
 def _fraction(value: float, what: str, example: str) -> float:
     real = check_nonnegative(value, what, example)
     if real > 1.0:
@@ -247,37 +200,12 @@ def converged(history: Sequence[Mapping[str, Any]], *, last: int = CONVERGED_LAS
              "across a learning-rate decay (" + ", ".join(f"{r:g}" for r in rates) + ")")
     shown = ", ".join(f"{r['epoch']}: {a:.3f}" for r, a in zip(window, accuracies, strict=True))
     clean = float(window[-1].get("clean_accuracy", 1.0))
-    learned = _at_least(clean, min_clean)
-    passed = _at_most(change, max_change) and learned
+    learned = at_least(clean, min_clean)
+    passed = at_most(change, max_change) and learned
     return Gate("converged", model, change, threshold + f"; clean >= {min_clean:g}", passed,
                 f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}"
                 + ("" if learned else f"; clean accuracy {clean:.3f}: the run never trained"),
                 "" if passed else "still changing" if learned else "never trained")
-
-
-# --- 2. budget ------------------------------------------------------------------------------
-
-def stable_under_budget(effect_short: Interval, effect_long: Interval, *, model: str = "",
-                        budgets: tuple[str, str] = ("short", "long")) -> Gate:
-    """The effect does not depend on the training budget: its estimates at both budgets
-    have the same sign, and each lies inside the other budget's 95 % interval. Failing it
-    makes the verdict "inconclusive: budget-sensitive". ``budgets`` names the two budgets
-    in the detail (e.g. ("5 epochs", "8 epochs")). value = long estimate - short estimate."""
-    short, long = effect_short, effect_long
-    same_sign = np.sign(short.estimate) == np.sign(long.estimate)
-    inside = (short.low - _SLACK <= long.estimate <= short.high + _SLACK
-              and long.low - _SLACK <= short.estimate <= long.high + _SLACK)
-    passed = bool(same_sign and inside)
-    problems = [p for p, bad in (("the sign flips", not same_sign),
-                                 ("an estimate is outside the other's interval", not inside))
-                if bad]
-    detail = (f"effect at {budgets[0]} {short.estimate:+.3f} [{short.low:+.3f}, "
-              f"{short.high:+.3f}], at {budgets[1]} {long.estimate:+.3f} [{long.low:+.3f}, "
-              f"{long.high:+.3f}]" + (f": {' and '.join(problems)}" if problems else ""))
-    return Gate("stable_under_budget", model, long.estimate - short.estimate,
-                "same sign; each estimate in the other's 95% interval", passed, detail,
-                "" if passed else "budget-sensitive")
-
 
 # --- 3. credible baselines --------------------------------------------------------------------
 
@@ -297,7 +225,7 @@ def credible_baseline(autoattack_accuracy: float | Sequence[float], *,
     at epsilon 0.3, lowered for the 4,000-image, 5-8-epoch proxy)."""
     _fraction(floor, "floor", "0.75")
     mean, seeds = _mean(autoattack_accuracy)
-    passed = _at_least(mean, floor)
+    passed = at_least(mean, floor)
     return Gate("credible_baseline", model, mean, f">= {floor:g}", passed,
                 f"AutoAttack accuracy, mean over {seeds} seed(s): {mean:.3f} (published "
                 "full-MNIST PGD-AT at eps 0.3: 0.884)", "" if passed else "weak baseline")
@@ -312,7 +240,7 @@ def credible_trades(trades_aa: float | Sequence[float], pgd_aa: float | Sequence
     trades, n_trades = _mean(trades_aa)
     pgd, n_pgd = _mean(pgd_aa)
     value = trades / pgd if pgd > 0 else None
-    passed = _at_least(trades, ratio * pgd)
+    passed = at_least(trades, ratio * pgd)
     return Gate("credible_trades", model, value, f">= {ratio:g} x PGD-AT", passed,
                 f"AutoAttack accuracy, TRADES {trades:.3f} ({n_trades} seed(s)) vs PGD-AT "
                 f"{pgd:.3f} ({n_pgd} seed(s))", "" if passed else "weak TRADES")
@@ -321,7 +249,7 @@ def credible_trades(trades_aa: float | Sequence[float], pgd_aa: float | Sequence
 # --- 4. reliable columns ----------------------------------------------------------------------
 
 def _check_name_and_failed(check: Any) -> tuple[str, bool]:
-    """A :class:`~adt.sanity.CheckResult` or its dict (``eval.json``'s "checks")."""
+    """A :class:`~adt.evaluation.checks.CheckResult` or its dict (``eval.json``'s "checks")."""
     if isinstance(check, Mapping):
         return str(check["name"]), check.get("status") == "failed"
     return str(check.name), bool(check.failed)
@@ -339,7 +267,7 @@ def unreliable_columns(check_name: str) -> tuple[str, ...]:
 def reliable_column(table_checks: Sequence[Any], column: str, *, model: str = "") -> Gate:
     """The column ``column`` (a row name such as "PGD-20", "AutoAttack", or "A_rob") is
     usable for a verdict about the model whose table's checks are ``table_checks``
-    (``table.checks``: :class:`~adt.sanity.CheckResult`, or their dicts): no failed check
+    (``table.checks``: :class:`~adt.evaluation.checks.CheckResult`, or their dicts): no failed check
     names it (:data:`UNRELIABLE_COLUMNS`). value = the number of failed checks naming it."""
     failed = [name for name, bad in map(_check_name_and_failed, table_checks) if bad]
     naming = [name for name in failed
@@ -368,7 +296,7 @@ def a_rob_close_to_full_autoattack(gap: float, *, max_gap: float = A_ROB_MAX_GAP
         return Gate("a_rob_close_to_full_autoattack", model, gap, threshold, False,
                     f"gap {gap:+.3f} measured on {examples} images only: too few to be "
                     "representative", "reference sample too small")
-    passed = _at_most(gap, max_gap)
+    passed = at_most(gap, max_gap)
     return Gate("a_rob_close_to_full_autoattack", model, gap, threshold, passed,
                 f"A_rob minus the full AutoAttack reference on {examples} images: {gap:+.3f}",
                 "" if passed else "A_rob overstates the full AutoAttack")
@@ -386,8 +314,8 @@ def working_generator(fooled_by_samples: float, fooled_by_fgsm: float, am_pgd: f
     value = the PGD-20 margin am_pgd - standard_pgd."""
     check_nonnegative(min_margin, "min_margin", "0.05")
     margin = am_pgd - standard_pgd
-    attacks = _at_most(fooled_by_samples, fooled_by_fgsm)
-    teaches = _at_least(margin, min_margin)
+    attacks = at_most(fooled_by_samples, fooled_by_fgsm)
+    teaches = at_least(margin, min_margin)
     problems = [p for p, bad in (("the samples are weaker than FGSM", not attacks),
                                  ("no robustness over Standard", not teaches)) if bad]
     return Gate("working_generator", model, margin,
@@ -420,8 +348,8 @@ def distinct_models(transfer_accuracy: float, agreement: float, *, white_box_acc
     _fraction(agreement, "agreement", "0.9")
     check_nonnegative(max_transfer_gap, "max_transfer_gap", "0.05")
     gap = transfer_accuracy - white_box_accuracy
-    transfers = _at_most(gap, max_transfer_gap)
-    agrees = agreement > max_agreement + _SLACK
+    transfers = at_most(gap, max_transfer_gap)
+    agrees = agreement > max_agreement + SLACK
     clones = transfers and agrees
     return Gate("distinct_models", model, agreement,
                 f"not (agreement > {max_agreement:g} and transfer gap <= {max_transfer_gap:g})",
@@ -430,119 +358,3 @@ def distinct_models(transfer_accuracy: float, agreement: float, *, white_box_acc
                 f"{transfer_accuracy:.3f} vs white-box {white_box_accuracy:.3f} (gap "
                 f"{gap:+.3f})" + (": near-clones, one piece of evidence" if clones else ""),
                 "near-clones" if clones else "")
-
-
-# --- 7. enough evidence -----------------------------------------------------------------------
-
-def per_seed_spread(a: Any, b: Any, *, statistic: str = "difference") -> float | None:
-    """The standard deviation over seeds (ddof 1) of the per-seed effect of ``a`` against
-    ``b`` (per-example values of shape (seeds, examples), as for
-    :func:`~adt.stats.paired_comparison`): per-seed mean(a) - mean(b), or mean(a) /
-    mean(b) for ``statistic`` "ratio". None for one seed."""
-    grid_a, grid_b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if grid_a.shape != grid_b.shape or grid_a.ndim != 2:
-        raise ValueError(f"a has shape {grid_a.shape} but b {grid_b.shape}: give the same "
-                         "(seeds, examples)")
-    if statistic not in ("difference", "ratio"):
-        raise ValueError(f"statistic={statistic!r}; allowed: difference, ratio")
-    if grid_a.shape[0] < 2:
-        return None
-    mean_a, mean_b = grid_a.mean(1), grid_b.mean(1)
-    per_seed = mean_a - mean_b if statistic == "difference" else mean_a / mean_b
-    return float(per_seed.std(ddof=1))
-
-
-def enough_evidence(comparison: Comparison, seed_spread: float | None, *,
-                    min_seeds: int = MIN_SEEDS, model: str = "") -> Gate:
-    """The comparison rests on at least ``min_seeds`` seeds, and its effect is at least the
-    seed spread (``seed_spread``: :func:`per_seed_spread`, the std over seeds of the per-seed
-    effects; for a ratio, of the per-seed ratios): |estimate - null| >= spread. A
-    single-seed claim is "inconclusive: one seed"; an effect smaller than the seed spread
-    is "inconclusive: effect within the seed spread"; several seeds without a spread fail
-    ("seed spread not measured"). value = the seed spread."""
-    check_int_at_least(min_seeds, 1, "min_seeds", "2")
-    null = 1.0 if comparison.statistic == "ratio" else 0.0
-    size = abs(comparison.effect.estimate - null)
-    threshold = f">= {min_seeds} seeds; |effect| >= seed spread"
-    where = f"{comparison.seeds} seed(s) x {comparison.examples} images"
-    if comparison.seeds < min_seeds:
-        reason = "one seed" if comparison.seeds == 1 else f"{comparison.seeds} seeds"
-        return Gate("enough_evidence", model, seed_spread, threshold, False,
-                    f"{where}: the seed-to-seed spread is not seen", reason)
-    if seed_spread is None:
-        return Gate("enough_evidence", model, None, threshold, False,
-                    f"{where}: no seed spread given", "seed spread not measured")
-    passed = _at_least(size, seed_spread)
-    return Gate("enough_evidence", model, seed_spread, threshold, passed,
-                f"{where}: |effect| {size:.3g} vs seed spread {seed_spread:.3g}",
-                "" if passed else "effect within the seed spread")
-
-
-# --- 8. measured cost -------------------------------------------------------------------------
-
-def cost_measured(ratios: Sequence[float], *, max_spread: float = COST_MAX_SPREAD,
-                  min_repeats: int = COST_MIN_REPEATS, model: str = "") -> Gate:
-    """A cost ratio (method step time / PGD-AT step time, one per interleaved repetition of
-    :func:`adt.bench.cost_ratios`) is measured when there are at least ``min_repeats``
-    repetitions and they agree: (max - min) / median <= ``max_spread`` (25 %).
-    value = the median ratio."""
-    check_nonnegative(max_spread, "max_spread", "0.25")
-    check_int_at_least(min_repeats, 2, "min_repeats", "3")
-    values = [float(r) for r in ratios]
-    if not values or any(not math.isfinite(r) or r <= 0 for r in values):
-        raise ValueError(f"ratios={list(ratios)!r} must be positive finite numbers, one per "
-                         "repetition")
-    median = statistics.median(values)
-    threshold = f"(max - min) / median <= {max_spread:g} over >= {min_repeats} repetitions"
-    if len(values) < min_repeats:
-        return Gate("cost_measured", model, median, threshold, False,
-                    f"{len(values)} repetition(s) ({median:.3g}): too few to see whether the "
-                    "timings agree", "too few repetitions")
-    spread = (max(values) - min(values)) / median
-    passed = _at_most(spread, max_spread)
-    return Gate("cost_measured", model, median, threshold, passed,
-                f"{len(values)} interleaved repetitions, ratios {min(values):.3g}-"
-                f"{max(values):.3g}, relative spread {spread:.3f}",
-                "" if passed else "timings disagree")
-
-
-# --- verdicts -----------------------------------------------------------------------------------
-
-def gated_verdict(verdict: str, gates: Sequence[Gate]) -> str:
-    """The reported verdict of a claim from its statistical ``verdict`` (one of
-    :data:`adt.stats.VERDICTS`) and its gates, in this order of precedence: a failed
-    validity gate (the first) -> "not testable here: <gate> (<model>) = <value> (needs
-    <threshold>)"; a failed budget gate -> "inconclusive: budget-sensitive"; a failed
-    evidence gate (the first) -> "inconclusive: <why>"; else the verdict, "contradicted"
-    reported as "not reproduced at this scale". Independence gates change nothing."""
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict={verdict!r}; allowed: {', '.join(VERDICTS)}")
-    failed = [g for g in gates if not g.passed]
-    for g in failed:
-        if g.kind == "validity":
-            model = f" ({g.model})" if g.model else ""
-            return (f"{NOT_TESTABLE}: {g.gate}{model} = {_format_value(g.value)} "
-                    f"(needs {g.threshold})")
-    if any(g.kind == "budget" for g in failed):
-        return BUDGET_SENSITIVE
-    for g in failed:
-        if g.kind == "evidence":
-            return f"{INCONCLUSIVE}: {g.reason or g.detail}"
-    return NOT_REPRODUCED if verdict == "contradicted" else verdict
-
-
-def verdict_category(verdict: str) -> str:
-    """The category of a reported verdict, one of :data:`GATED_VERDICTS` (e.g.
-    "inconclusive: one seed" -> "inconclusive"), for counting verdicts."""
-    for category in GATED_VERDICTS:
-        if verdict == category or verdict.startswith(category + ":"):
-            return category
-    raise ValueError(f"{verdict!r} is not a verdict of gated_verdict; categories: "
-                     f"{', '.join(GATED_VERDICTS)}")
-
-
-def gates_table(gates: Sequence[Gate]) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of a model x gate table (gate, model, value, threshold,
-    pass/fail, detail), e.g. for :func:`adt.io.markdown_table`."""
-    return (["gate", "model", "value", "threshold", "result", "detail"],
-            [g.to_row() for g in gates])

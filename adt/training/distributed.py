@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.overrides import TorchFunctionMode
 
-from adt.inner import InnerMaximizer
+from adt.method.inner import InnerMaximizer
 
 __all__ = ["DistContext", "init_from_env", "current", "check_world_size", "shard",
            "GlobalBatchDraws", "sync_rng", "DistributedClassifier", "wrapped_maximizer",
@@ -354,7 +354,7 @@ def wrapped_maximizer(maximizer: InnerMaximizer, ctx: DistContext, device: torch
 
     * its own networks (the AM generators, ADT_IMP-AM's noise map and encoder) under
       ``DistributedDataParallel``, so their gradients are averaged like the classifier's;
-    * its hooks (:class:`~adt.inner.InnerMaximizer`) set to the global batch:
+    * its hooks (:class:`~adt.method.inner.InnerMaximizer`) set to the global batch:
       ``batch_share = 1/N`` scales the release's batch-mean gradients (ADT_EXP's
       ``running_sum`` objective, the AM ``raw`` conditioning), and ``global_mean`` takes
       ADT_IMP-AM's entropy NLL over the global batch before its hinge

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt._checks import check_choice, check_epsilon, check_int_at_least, check_positive
-from adt.models import penultimate_features
-from adt.primitives import (
+from adt.core._checks import check_choice, check_epsilon, check_int_at_least, check_positive
+from adt.core.models import penultimate_features
+from adt.core.primitives import (
     Loss,
     ce_per_example,
     ce_sum,
@@ -47,7 +47,7 @@ from adt.primitives import (
     sign_ascent,
     uniform_start,
 )
-from adt.runtime import device_of, isolated_rng, per_example, preserved_modes
+from adt.core.runtime import device_of, isolated_rng, per_example, preserved_modes
 
 __all__ = ["fgsm", "pgd", "mim", "cw", "fea_attack", "with_restarts", "autoattack",
            "autoattack_parts", "square", "spsa", "transfer", "AUTOATTACK_VERSIONS", "Attack"]
@@ -153,7 +153,7 @@ def fea_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: f
 
         d(phi(x + delta), phi(x_t))      (default: 1 - cos, clamped at 0; "l2": squared l2),
 
-    phi the penultimate features (:func:`adt.models.penultimate_features`), x_t an image
+    phi the penultimate features (:func:`adt.core.models.penultimate_features`), x_t an image
     of another class; ``steps`` projected steps of ``step_size`` from a uniform random start
     (release: 50 steps of 1/255 at 8/255, ``targets`` = 200 images drawn at random with
     replacement from ``target_pool``'s images of other labels; default pool: the batch).
@@ -199,7 +199,7 @@ def with_restarts(attack: Attack, restarts: int, *, loss_fn: Loss = ce_per_examp
     check_int_at_least(restarts, 1, "restarts", "5")
     if not callable(attack):
         raise ValueError(f"attack={attack!r} is not callable; pass an attack function such as "
-                         "adt.attacks.pgd")
+                         "adt.evaluation.attacks.pgd")
 
     def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,8 +356,8 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
     on its device, returned on the target model's device to be scored there. The target
     model's gradients are never used."""
     if not callable(attack):
-        raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.attacks.pgd or "
-                         "adt.attacks.mim")
+        raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.evaluation.attacks.pgd or "
+                         "adt.evaluation.attacks.mim")
     check_batch(x, y)
     source_device = device_of(source_model, x.device)
     with preserved_modes(source_model):

@@ -10,11 +10,12 @@ a variant never shares the folder of the profile it was made from:
   share with a call to be resumed or reused); written atomically at every epoch end;
 * ``metrics.json``: per epoch, loss, clean and PGD accuracy, times (a copy of the
   checkpoint's metrics, repaired from it on load when they disagree);
-* ``eval.json`` once evaluated (:mod:`adt.evaluate`);
+* ``eval.json`` once evaluated (:mod:`adt.evaluation.stored`);
 * ``.lock`` while a process trains the run (:class:`RunLock`): one writer per folder.
 
 A finished run is reused; an unfinished one resumes from its last epoch and ends
 exactly where an uninterrupted run would (on CPU, bit for bit, at a fixed thread count).
+A run's modules are built, seeded and restored by :mod:`adt.training.modules`.
 """
 
 from __future__ import annotations
@@ -36,20 +37,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from adt.data import DATASETS, DatasetSpec
-from adt.inner import InnerMaximizer
-from adt.io import read_json, save_torch, write_json
-from adt.methods import build_maximizer
-from adt.models import build_model
-from adt.profiles import PROFILES, Profile, get_profile
-from adt.runtime import resolve_device
+from adt.config.profiles import PROFILES, Profile
+from adt.core.io import read_json, save_torch, write_json
+from adt.method.inner import InnerMaximizer
 
 __all__ = ["Run", "DEFAULT_RUNS_ROOT", "CHECKPOINT", "METRICS", "LOCK", "run_dir",
            "run_identity", "identity_hash", "profile_folder", "variant_of", "state_hash",
            "RunLock", "RunLockedError", "prepare_run_folder", "clear_run_folder",
-           "build_modules", "seed_everything", "new_metrics", "record_epoch", "save_checkpoint",
-           "read_checkpoint", "restore_modules", "restore_training", "reconcile_metrics",
-           "load_run"]
+           "new_metrics", "record_epoch", "save_checkpoint", "read_checkpoint", "restore_modules",
+           "restore_training", "reconcile_metrics"]
 
 DEFAULT_RUNS_ROOT = Path("data/runs")
 CHECKPOINT, METRICS, LOCK = "checkpoint.pt", "metrics.json", ".lock"
@@ -106,7 +102,7 @@ def _plain(obj: Any) -> Any:
 def variant_of(profile: Profile) -> dict[str, Any]:
     """How ``profile``'s training settings differ from the named profile's: ``tag`` (a
     short hash; None when they do not differ) and ``differs`` (the differing fields; every
-    field for a name that is not one of ``adt.profiles.PROFILES``)."""
+    field for a name that is not one of ``adt.config.profiles.PROFILES``)."""
     mine = {k: v for k, v in run_identity(profile, "", 0).items() if k not in ("method", "seed")}
     named = PROFILES.get(profile.name)
     base = run_identity(named, "", 0) if named is not None else {}
@@ -223,25 +219,6 @@ class RunLock:
         self._fd = None
 
 
-def build_modules(profile: Profile, method: str, spec: DatasetSpec,
-                  device: torch.device) -> tuple[nn.Module, InnerMaximizer]:
-    """The classifier and the maximiser of a run, on ``device``, in channels_last memory
-    format (the faster convolutions on CUDA; on the 2-core CPU a SmallCNN forward-backward
-    alone ran about 25 % faster, whole training epochs about as fast as before)."""
-    c, h, _ = spec.image_shape
-    model = build_model(profile.model, c, spec.num_classes, h, **profile.model_kwargs)
-    maximizer = build_maximizer(method, profile.methods, spec, profile.train_epsilon)
-    model = model.to(device, memory_format=torch.channels_last)
-    maximizer = maximizer.to(device, memory_format=torch.channels_last)
-    return model, maximizer
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate()}
@@ -350,7 +327,7 @@ def restore_training(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer,
     return ckpt["epoch"]
 
 
-def reconcile_metrics(folder: Path, metrics: dict[str, Any]) -> bool:
+def reconcile_metrics(folder: Path, metrics: dict[str, Any], stacklevel: int = 3) -> bool:
     """Make ``metrics.json`` in the run folder equal the checkpoint's ``metrics`` (the
     checkpoint is written first, so it is the truth when the two disagree: a write of
     ``metrics.json`` was interrupted, or the file was edited or deleted). Returns whether
@@ -370,34 +347,8 @@ def reconcile_metrics(folder: Path, metrics: dict[str, Any]) -> bool:
         write_json(metrics, path)
     except OSError as err:
         warnings.warn(f"{path} {why} and could not be repaired ({err}); the checkpoint's "
-                      "metrics are used", stacklevel=3)
+                      "metrics are used", stacklevel=stacklevel)
         return False
     warnings.warn(f"{path} {why}; rewritten from the checkpoint {Path(folder) / CHECKPOINT}",
-                  stacklevel=3)
+                  stacklevel=stacklevel)
     return True
-
-
-def load_run(profile: str | Profile, method: str, seed: int = 0, *,
-             device: str | torch.device | None = None,
-             runs_root: str | Path = DEFAULT_RUNS_ROOT, allow_unfinished: bool = False) -> Run:
-    """A finished run from disk (no data needed); FileNotFoundError when it is not there,
-    ValueError when it is unfinished (``allow_unfinished=True`` returns it as it is)."""
-    profile = get_profile(profile)
-    device = resolve_device(device if device is not None else profile.device)
-    path = run_dir(profile, method, seed, runs_root)
-    if not (path / CHECKPOINT).exists():
-        raise FileNotFoundError(f"no run at {path}; train it first: "
-                                f"adt.train.train({profile.name!r}, {method!r}, seed={seed})")
-    model, maximizer = build_modules(profile, method, DATASETS[profile.dataset], device)
-    ckpt = read_checkpoint(path / CHECKPOINT, device)
-    restore_modules(ckpt, path / CHECKPOINT, run_identity(profile, method, seed), model,
-                    maximizer)
-    metrics = ckpt["metrics"]
-    if not metrics.get("finished") and not allow_unfinished:
-        raise ValueError(f"the run at {path} is unfinished ({ckpt['epoch']} of "
-                         f"{metrics.get('epochs')} epochs); finish it with adt.train.train("
-                         f"{profile.name!r}, {method!r}, seed={seed}) (it resumes), or pass "
-                         "allow_unfinished=True to load it as it is")
-    if metrics.get("finished"):
-        reconcile_metrics(path, metrics)
-    return Run(path, profile, method, seed, model.eval(), maximizer, metrics)

@@ -2,7 +2,7 @@
 and ``MANIFEST.json``.
 
 This module imports no torch, so the papermill launcher (:mod:`adt.pipeline`) stays
-light; :mod:`adt.report` builds the notebooks' :class:`~adt.report.Context` on it.
+light; :mod:`adt.report` builds the notebooks' :class:`~adt.artifact.report.Context` on it.
 
 Every figure and table is listed in its output folder's ``MANIFEST.json`` with the
 notebook, the runs and the commit that produced it (:func:`record_artefact`); the
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adt.io import read_json, write_json
+from adt.core.io import read_json, write_json
 
 __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPORARY_PROFILES",
            "CUDA_PROFILES", "git_commit", "checkout_tag", "default_output_dir",
@@ -30,7 +30,7 @@ __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPO
            "merge_manifests", "code_hashes", "notebook_code_hash", "file_hash",
            "check_fresh", "orphans"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "MANIFEST.json"
 
 #: The named profiles of ``adt.profiles`` (a test keeps the two lists equal).

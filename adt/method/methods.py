@@ -17,18 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adt._checks import check_choice, check_int_at_least, check_nonnegative, check_positive
-from adt.data import DatasetSpec
-from adt.inner import (
-    CONDITIONINGS,
-    PGD,
-    TRADES,
-    AmortizedExplicitADT,
-    AmortizedImplicitADT,
-    Clean,
-    ExplicitADT,
-    InnerMaximizer,
-)
+from adt.core._checks import check_choice, check_int_at_least, check_nonnegative, check_positive
+from adt.core.data import DatasetSpec
+from adt.method.amortized import CONDITIONINGS, AmortizedExplicitADT, AmortizedImplicitADT
+from adt.method.explicit import ExplicitADT
+from adt.method.inner import PGD, TRADES, Clean, InnerMaximizer
 
 __all__ = ["METHODS", "LABELS", "METHOD_COLORS", "MethodSettings", "build_maximizer"]
 

@@ -3,8 +3,8 @@
 A SmallCNN step at batch 64 keeps one core busy but not two: on a CPU, ``workers``
 processes of one thread each train (and attack) ``workers`` models at once, faster than
 one process of ``workers`` threads does them one after another. The notebooks then find
-every run finished and every table stored, and reuse them (:func:`adt.train.train`,
-:func:`adt.evaluate.evaluate_run`): what they compute is unchanged. Only the thread count
+every run finished and every table stored, and reuse them (:func:`adt.training.loop.train`,
+:func:`adt.evaluation.stored.evaluate_run`): what they compute is unchanged. Only the thread count
 of a run differs, which moves last bits of its weights (README, "What reproducible means
 here").
 
@@ -12,9 +12,9 @@ The jobs are those the chapters ask for, in the same form, so the stored results
 
 - training: every method x seed of the profile, and the budget check's runs of chapter 6
   (:data:`BUDGET_METHODS`, the first seed, :meth:`Profile.with_budget` ``(2)``);
-- evaluation: :meth:`adt.report.Context.evaluate`'s tables (black-box rows for the first
-  seed, sources in :data:`adt.methods.METHODS` order), the original-AutoAttack reference
-  of each (:func:`adt.evaluate.full_autoattack_survivors`), and the budget runs' white-box
+- evaluation: :meth:`adt.artifact.report.Context.evaluate`'s tables (black-box rows for the first
+  seed, sources in :data:`adt.method.methods.METHODS` order), the original-AutoAttack reference
+  of each (:func:`adt.evaluation.stored.full_autoattack_survivors`), and the budget runs' white-box
   tables.
 
 Longest jobs start first. A job that fails is reported and left to the notebook, which
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adt.methods import LABELS, METHODS
-from adt.profiles import Profile
+from adt.config.profiles import Profile
+from adt.method.methods import LABELS, METHODS
 
 __all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
            "evaluation_jobs", "prepare"]
@@ -103,9 +103,9 @@ def _one_thread() -> None:
 
 
 def _run(profile: Profile, method: str, seed: int, runs_root: str, force: bool = False) -> Any:
-    from adt.data import load_dataset
-    from adt.provenance import REPO_ROOT
-    from adt.train import train
+    from adt.config.provenance import REPO_ROOT
+    from adt.core.data import load_dataset
+    from adt.training.loop import train
 
     data = load_dataset(profile.dataset, root=REPO_ROOT / "data", device="cpu")
     return train(profile, method, seed, data=data, device="cpu", runs_root=runs_root,
@@ -120,7 +120,7 @@ def _train(job: TrainJob, runs_root: str, force: bool) -> str:
 
 
 def _evaluate(job: EvalJob, runs_root: str, force: bool) -> str:
-    from adt.evaluate import evaluate_run, full_autoattack_survivors
+    from adt.evaluation.stored import evaluate_run, full_autoattack_survivors
 
     started = time.perf_counter()
     run, data = _run(job.profile, job.method, job.seed, runs_root)

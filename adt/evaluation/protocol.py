@@ -6,7 +6,7 @@ rows enter A_rob, "black" rows are reported apart, "sanity" rows serve the check
 (``source_model``, named ``source``). :func:`white_box_attacks`,
 :func:`black_box_attacks` and :func:`standard_attacks` build the protocol of
 REPRODUCTION.md, "Evaluation protocol", sized by a profile's
-:class:`~adt.profiles.EvalSettings`.
+:class:`~adt.config.profiles.EvalSettings`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from adt._checks import check_epsilon, check_int_at_least
-from adt.attacks import (
+from adt.config.profiles import EvalSettings
+from adt.core._checks import check_epsilon, check_int_at_least
+from adt.evaluation.attacks import (
     Attack,
     autoattack,
     cw,
@@ -32,7 +33,6 @@ from adt.attacks import (
     square,
     transfer,
 )
-from adt.profiles import EvalSettings
 
 __all__ = ["AttackSpec", "CLEAN", "KINDS", "pgd_spec", "autoattack_specs", "full_autoattack",
            "white_box_attacks", "black_box_attacks", "standard_attacks", "plain",
@@ -103,7 +103,7 @@ class AttackSpec:
                              "clean row")
         if self.attack is not None and not callable(self.attack):
             raise ValueError(f"AttackSpec {self.name!r}: attack={self.attack!r} is not callable; "
-                             "pass a function such as adt.attacks.pgd")
+                             "pass a function such as adt.evaluation.attacks.pgd")
         if self.source_model is not None and (self.source is None or self.kind != "black"):
             raise ValueError(f"AttackSpec {self.name!r}: a transfer row (source_model given) is "
                              "of kind 'black' and names its source; pass kind='black', "

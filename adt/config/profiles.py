@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adt._checks import (
+from adt.core._checks import (
     check_choice,
     check_epsilon,
     check_fraction,
@@ -28,9 +28,9 @@ from adt._checks import (
     check_nonnegative,
     check_positive,
 )
-from adt.data import DATASETS
-from adt.methods import METHODS, MethodSettings
-from adt.models import MODELS
+from adt.core.data import DATASETS
+from adt.core.models import MODELS
+from adt.method.methods import METHODS, MethodSettings
 
 __all__ = ["Recipe", "EvalSettings", "Profile", "PROFILES", "get_profile"]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from adt.io import read_json, write_json
-from adt.sanity import CheckResult, SanityChecks
+from adt.core.io import read_json, write_json
+from adt.evaluation.checks import CheckResult, SanityChecks
 
 __all__ = ["RobustnessTable", "load_table", "EVAL_FILE"]
 
@@ -42,7 +42,7 @@ def _crafting_attack(spec: Mapping[str, Any]) -> str | None:
 class RobustnessTable:
     """Rows of attacks, their per-example correctness, and the sanity checks.
 
-    ``specs`` are the rows' :meth:`~adt.protocol.AttackSpec.describe` dicts; only the
+    ``specs`` are the rows' :meth:`~adt.evaluation.protocol.AttackSpec.describe` dicts; only the
     first ``n_evaluated[i]`` entries of row i are measured (black-box rows may cover a
     prefix), the rest are False. ``sanity`` and ``roles`` are the checks' settings and the
     row that plays each of their roles; ``checks`` their results.
@@ -205,8 +205,8 @@ def load_table(path: str | Path) -> RobustnessTable:
         path = path / EVAL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no robustness table at {path}; evaluate the run first: "
-                                "adt.evaluate.evaluate_run(run)")
-    fix = "delete it; adt.evaluate.evaluate_run(run) computes it again"
+                                "adt.evaluation.stored.evaluate_run(run)")
+    fix = "delete it; adt.evaluation.stored.evaluate_run(run) computes it again"
     blob = read_json(path, fix)
     try:
         return RobustnessTable.from_dict(blob)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adt.methods import LABELS, METHOD_COLORS
-from adt.runs import Run
+from adt.method.methods import LABELS, METHOD_COLORS
+from adt.training.runs import Run
 
 __all__ = ["plot_training_curves", "plot_accuracy_curves", "plot_loss_contours",
            "percent_axis", "legend_outside", "column_headers", "colorbar_below",
@@ -170,7 +170,7 @@ def plot_loss_contours(surfaces: Mapping[str, Mapping[str, Any]], *, scale: floa
     given, on ONE colour scale (a log scale: the standard model's loss spans decades) with
     one colourbar; the eps-box (|a|, |b| <= 1/scale) is drawn in every panel.
 
-    ``surfaces[m]``: a :func:`adt.analysis.loss_surface` result (``a``, ``b`` in [-1, 1],
+    ``surfaces[m]``: a :func:`adt.study.analysis.loss_surface` result (``a``, ``b`` in [-1, 1],
     ``loss`` of shape (B, grid, grid) with ``loss[n, i, j]`` at (a[i], b[j])); the axes
     are shown in units of epsilon, +-``scale``. ``fig``: draw into this figure or
     subfigure (a new constrained-layout figure if None); returns it.

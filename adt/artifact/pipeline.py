@@ -1,0 +1,349 @@
+"""Regenerate every table and figure: run the five notebooks in order with papermill.
+
+    python -m adt.pipeline --profile quick --device auto      # what `make reproduce` runs
+
+The batch is transactional. The profile, the device and the notebook names are checked
+before anything is touched. The notebooks execute into a temporary folder, and their
+figures, tables and executed copies are moved into place only when every notebook has
+succeeded. The manifest is merged: entries of notebooks outside the batch stay. A failing
+cell or Ctrl-C stops the batch, leaves every file of the repository as it was and says so.
+
+Executed notebooks go back into ``notebooks/`` (the committed ones) only under the
+committed profile (``quick``); other profiles write them to ``<output>/notebooks/`` (or
+``--executed-dir``). They are written without papermill's injected-parameters cell (see
+:func:`clean_executed`). Artefacts go to the profile's output folder and are listed in its
+``MANIFEST.json``. Finished runs in ``data/runs/`` are reused unless ``--force-retrain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from adt.artifact.plan import DEVICES, NOTEBOOKS, PipelinePlan, plan_pipeline
+from adt.config.provenance import (
+    COMMITTED_PROFILE,
+    MANIFEST,
+    PROFILE_NAMES,
+    REPO_ROOT,
+    check_fresh,
+    checkout_tag,
+    code_hashes,
+    merge_manifests,
+    read_manifest,
+    record_batch,
+)
+from adt.core.io import atomic_write, write_json
+
+__all__ = ["run_pipeline", "PipelineError", "PipelineInterrupted", "clean_executed", "main"]
+
+
+class PipelineError(RuntimeError):
+    """A notebook cell failed; the message names the notebook and the cell."""
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the batch; nothing was moved into place."""
+
+
+def clean_executed(path: str | Path) -> None:
+    """Make an executed notebook fit to commit and to run again under nbval.
+
+    Papermill adds a cell with the injected parameters: it is dropped, so the notebook's
+    own ``parameters`` cell (whose defaults read ``ADT_PROFILE`` etc.) rules when it runs
+    again; the profile that produced the outputs stays in the metadata and in every
+    figure's caption. Absolute paths, per-cell timings and widget state are removed from
+    the metadata, and the execution counts are renumbered 1, 2, ... in order.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells
+                if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    count = 0
+    for c in nb.cells:
+        c.get("metadata", {}).pop("papermill", None)
+        c.get("metadata", {}).pop("execution", None)
+        if c.get("cell_type") == "code" and c.get("execution_count") is not None:
+            count += 1  # consecutive again once the injected cell is gone
+            c["execution_count"] = count
+            for output in c.get("outputs", []):
+                if "execution_count" in output:
+                    output["execution_count"] = count
+    nb.metadata.pop("widgets", None)  # progress-bar widget state: noise in a static viewer
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path", "start_time", "end_time", "duration"):
+        meta.pop(key, None)
+    meta.get("parameters", {}).pop("output_dir", None)
+    nbformat.write(nb, path)
+
+# ----------------------------------------------------------------------------- execution
+
+@contextmanager
+def _sigint_deferred(state: dict[str, bool]) -> Iterator[None]:
+    """Hold Ctrl-C back during a short step that must not stop half-way (moving results
+    into place, moving the runs folder back); ``state['deferred']`` says it came."""
+
+    def handler(signum: int, frame: Any) -> None:
+        state["deferred"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _sigint_raises() -> Iterator[dict[str, bool]]:
+    """While the batch runs, Ctrl-C raises :class:`PipelineInterrupted` in this process and
+    is remembered (``state['interrupted']``), even when a library swallows the exception."""
+    state = {"interrupted": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        state["interrupted"] = True
+        raise PipelineInterrupted
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _keep_failed(executed: Path) -> Path:
+    """A copy of a failed executed notebook in this checkout's temporary folder."""
+    folder = Path(tempfile.gettempdir()) / f"adt-failed-{checkout_tag()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / executed.name
+    shutil.copyfile(executed, kept)
+    return kept
+
+
+def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrain: bool,
+             log_output: bool, state: dict[str, bool]) -> dict[str, float]:
+    """Execute the batch into the staging folders; returns the seconds per notebook."""
+    import papermill as pm
+
+    timings: dict[str, float] = {}
+    os.environ["ADT_PROGRESS"] = "0"  # the kernels inherit it: no bar widgets in the outputs
+    for name in plan.notebooks:
+        started = time.perf_counter()
+        print(f"[adt.pipeline] {name} (profile {plan.profile}, device {plan.device})",
+              flush=True)
+        executed = staged_nb / f"{name}.ipynb"
+        try:
+            pm.execute_notebook(
+                str(plan.source / f"{name}.ipynb"), str(executed),
+                parameters={"profile": plan.profile, "device": plan.device,
+                            "output_dir": str(staged_out), "force_retrain": force_retrain},
+                cwd=str(plan.source), progress_bar=False, log_output=log_output)
+        except pm.PapermillExecutionError as err:
+            if state["interrupted"] or err.ename == "KeyboardInterrupt":
+                raise PipelineInterrupted from err
+            kept = _keep_failed(executed) if executed.is_file() else executed
+            raise PipelineError(f"{plan.source.name}/{name}.ipynb failed in cell {err.cell_index} "
+                                f"(execution count {err.exec_count}): {err.ename}: {err.evalue}. "
+                                f"The executed notebook with the traceback is {kept}") from err
+        except Exception as err:  # e.g. the kernel died of the Ctrl-C it received too
+            if state["interrupted"]:
+                raise PipelineInterrupted from err
+            raise
+        if state["interrupted"]:  # Ctrl-C reached the kernel only, or was swallowed
+            raise PipelineInterrupted
+        clean_executed(executed)
+        timings[name] = round(time.perf_counter() - started, 1)
+    return timings
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    data = source.read_bytes()
+    atomic_write(destination, lambda f: f.write(data))
+
+
+def _seed(plan: PipelinePlan, staged_out: Path) -> None:
+    """Let a partial batch see the outputs of the notebooks outside it (a later chapter may
+    check or reuse them): their manifest entries and files are copied into the staging
+    folder first."""
+    # the entries the final merge keeps: those of the notebooks outside the batch
+    kept = merge_manifests(read_manifest(plan.output), {}, plan.notebooks)["artefacts"]
+    for entry in kept.values():
+        for rel in entry.get("files", []):
+            if (plan.output / rel).is_file():
+                _copy_atomically(plan.output / rel, staged_out / rel)
+    write_json({"artefacts": kept}, staged_out / MANIFEST)
+
+
+def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:
+    """Move a successful batch into place: artefacts, the merged manifest (last), the
+    executed notebooks. Returns the manifest's path."""
+    for path in sorted(staged_out.rglob("*")):
+        rel = path.relative_to(staged_out)
+        if path.is_file() and rel.parts[0] != "runs" and rel != Path(MANIFEST):
+            _copy_atomically(path, plan.output / rel)
+    merged = merge_manifests(read_manifest(plan.output), read_manifest(staged_out),
+                             plan.notebooks)
+    manifest_path = write_json(merged, plan.output / MANIFEST)
+    for name in plan.notebooks:
+        _copy_atomically(staged_nb / f"{name}.ipynb", plan.target / f"{name}.ipynb")
+    return manifest_path
+
+
+@contextmanager
+def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path, Path]]:
+    """Temporary folders for the artefacts and the executed notebooks, removed afterwards.
+
+    Under a temporary profile the notebooks keep their runs in ``<output>/runs``: that
+    folder is moved into the staging folder (a sibling of the output folder, so that the
+    move is a rename) for the batch and back afterwards, whatever happens.
+    """
+    if plan.runs_in_output:
+        plan.output.parent.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.staging-",
+                                     dir=plan.output.parent))
+    else:
+        root = Path(tempfile.mkdtemp(prefix=f"adt-pipeline-{plan.profile}-"))
+    staged_out, staged_nb = root / "output", root / "notebooks"
+    staged_out.mkdir()
+    staged_nb.mkdir()
+    runs = plan.output / "runs"
+    if plan.runs_in_output and runs.is_dir():
+        os.rename(runs, staged_out / "runs")
+    try:
+        yield staged_out, staged_nb
+    finally:
+        with _sigint_deferred(state):
+            if plan.runs_in_output and (staged_out / "runs").is_dir() and not runs.exists():
+                plan.output.mkdir(parents=True, exist_ok=True)
+                os.rename(staged_out / "runs", runs)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bool:
+    """Run :func:`adt.artifact.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
+    ``data/runs``); returns whether it ran."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if plan.runs_in_output or workers < 2:
+        return False
+    from adt.artifact.prepare import prepare
+    from adt.config.profiles import get_profile
+    from adt.core.runtime import resolve_device
+
+    prof = get_profile(plan.profile)
+    if resolve_device(plan.device if plan.device != "auto" else prof.device).type != "cpu":
+        return False
+    print(f"[adt.prepare] training and evaluating the runs of {plan.profile!r} in {workers} "
+          "one-thread processes", flush=True)
+    seconds = prepare(prof, REPO_ROOT / "data" / "runs", workers, force_retrain)
+    print("[adt.prepare] done: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+          flush=True)
+    return True
+
+
+def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
+                 output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
+                 force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
+                 log_output: bool = False, notebooks_dir: str | Path | None = None,
+                 workers: int | None = None) -> Path:
+    """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
+    and, once all have succeeded, move their results into place (:func:`plan_pipeline`
+    says where); return the path of the merged manifest. A failing cell raises
+    :class:`PipelineError`, Ctrl-C :class:`PipelineInterrupted`; either way nothing is
+    moved into place.
+
+    On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
+    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.prepare`;
+    the notebooks then reuse them."""
+    plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
+    with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
+        if _prepare(plan, workers, force_retrain):
+            force_retrain = False  # retrained just now, by adt.prepare
+        _seed(plan, staged_out)
+        timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
+        record_batch(staged_out, profile=plan.profile, device=plan.device,
+                     notebook_seconds=timings,
+                     code=code_hashes(plan.source, plan.notebooks, executed_dir=staged_nb))
+        with _sigint_deferred(state):
+            manifest_path = _install(plan, staged_out, staged_nb)
+    if state.get("deferred"):
+        print("[adt.pipeline] Ctrl-C came while the finished batch was moved into place; it "
+              "was completed first", file=sys.stderr)
+    print(f"[adt.pipeline] {len(read_manifest(plan.output)['artefacts'])} artefacts listed in "
+          f"{manifest_path}; executed notebooks in {plan.target}")
+    return manifest_path
+
+
+def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
+    problems = check_fresh(Path(output_dir) if output_dir else None,
+                           Path(notebooks_dir) if notebooks_dir else None)
+    for problem in problems:
+        print(f"[adt.pipeline] stale: {problem}")
+    if problems:
+        print(f"[adt.pipeline] {len(problems)} problem(s): the committed outputs are not those "
+              "of the code in the tree; run `make reproduce` (it does not delete orphans: "
+              "delete each orphan named above, or regenerate it)", file=sys.stderr)
+        return 1
+    print("[adt.pipeline] fresh: every committed figure, table and notebook was produced by "
+          "the code in the tree, and every file of the output folder is listed in its manifest")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=COMMITTED_PROFILE, choices=PROFILE_NAMES)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--output-dir", default=None,
+                        help="artefacts' folder (default: the profile's)")
+    parser.add_argument("--executed-dir", default=None,
+                        help="executed notebooks' folder (default: notebooks/ for "
+                             f"{COMMITTED_PROFILE!r}, <output>/notebooks otherwise)")
+    parser.add_argument("--notebooks-dir", default=None,
+                        help="run the notebooks of this folder instead of notebooks/")
+    parser.add_argument("--force-retrain", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="on a CPU, train and evaluate the runs first in this many "
+                             "one-thread processes (default: one per core; 0: off)")
+    parser.add_argument("--check-fresh", action="store_true",
+                        help="run nothing; say whether the committed figures, tables and "
+                             "notebooks were produced by the code in the tree and no file of "
+                             "the output folder is missing from its manifest (exit 1 if not)")
+    parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
+                        help=f"names, in order (default: {' '.join(NOTEBOOKS)})")
+    args = parser.parse_args(argv)
+    if args.check_fresh:
+        return _report_freshness(args.output_dir, args.notebooks_dir)
+    try:
+        run_pipeline(args.profile, args.device, args.output_dir, args.executed_dir,
+                     args.force_retrain, tuple(args.notebooks), log_output=True,
+                     notebooks_dir=args.notebooks_dir, workers=args.workers)
+    except ValueError as err:
+        print(f"[adt.pipeline] refused: {err}", file=sys.stderr)
+        return 2
+    except PipelineError as err:
+        print(f"[adt.pipeline] FAILED: {err}\n[adt.pipeline] nothing was moved into place: "
+              "the notebooks, figures and manifest are as they were", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[adt.pipeline] interrupted (Ctrl-C): stopped; nothing was moved into place, so "
+              "the notebooks, figures and manifest are as they were (finished training epochs "
+              "stay in the runs folder and resume next time)", file=sys.stderr)
+        return 130
+    return 0
+

@@ -137,7 +137,7 @@ def recording_notebook(name: str, *more: str) -> Any:
     in the manifest (no torch), then runs ``more`` cells."""
     return synthetic_notebook(
         "from pathlib import Path\n"
-        "from adt.provenance import record_artefact\n"
+        "from adt.config.provenance import record_artefact\n"
         f"Path(output_dir, '{name}.txt').write_text(profile + ' ' + device)\n"
         f"record_artefact(output_dir, '{name}', {{'kind': 'table', 'files': ['{name}.txt'],\n"
         f"                'notebook': 'notebooks/{name}.ipynb', 'profile': profile}})", *more)

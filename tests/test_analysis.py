@@ -1,4 +1,4 @@
-"""Tests of adt.analysis: Figure 1 diversity, Figure 2 loss surface and Hessian, Table 4."""
+"""Tests of adt.study.analysis: Figure 1 diversity, Figure 2 loss surface and Hessian, Table 4."""
 
 from __future__ import annotations
 

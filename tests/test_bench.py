@@ -3,7 +3,7 @@
 import json
 import math
 
-from adt.artifact import bench
+from adt.artifact import costs
 from adt.artifact.bench import main
 from adt.artifact.costs import cost_ratios
 from adt.config.profiles import get_profile
@@ -60,7 +60,7 @@ def test_cost_ratios_are_interleaved_ratios_to_the_baseline():
 
 def test_cost_ratios_rotate_the_order_every_repetition(monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "train_step", lambda model, maximizer, *args: calls.append(
+    monkeypatch.setattr(costs, "train_step", lambda model, maximizer, *args: calls.append(
         type(maximizer).__name__))
     ratios = cost_ratios(get_profile("smoke"), ("standard", "pgd_at", "trades"), batch_size=2,
                          repeats=4, steps=1, warmup=1)

@@ -1,4 +1,4 @@
-"""adt.checkpoints and ``python -m adt.evaluate``: any checkpoint, the release's included.
+"""adt.evaluation.checkpoints and ``python -m adt.evaluate``: any checkpoint, the release's included.
 
 A synthetic checkpoint in the release's layout (a tiny WRN-10-1 saved the way the release
 saves it: wrapped, with DataParallel's ``module.`` prefix and the unused ``sub_block1``

@@ -1,4 +1,4 @@
-"""adt.claims: seed-aggregated cells, paired comparisons of methods, the claims ledger."""
+"""adt.study.claims: seed-aggregated cells, paired comparisons of methods, the claims ledger."""
 
 from __future__ import annotations
 

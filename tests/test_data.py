@@ -1,4 +1,4 @@
-"""adt.data: the embedded mnist5k, torchvision's on-disk formats, batching, augmentation."""
+"""adt.core.data: the embedded mnist5k, torchvision's on-disk formats, batching, augmentation."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from conftest import Quantized, Recorder, trained_small_cnn
 from torch import nn
 
 from adt.config.profiles import EvalSettings, get_profile
-from adt.evaluation import engine as evaluate
+from adt.evaluation import stored as evaluate
 from adt.evaluation.attacks import fgsm, mim, pgd
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import robustness_table

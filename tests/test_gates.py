@@ -97,7 +97,7 @@ def test_thresholds_are_the_module_constants():
 
 
 def test_the_gates_import_no_torch():
-    code = "import adt.gates, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import adt.study.gates, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""adt.models: classifier shapes, the penultimate-feature hook, the release's WRN layout."""
+"""adt.core.models: classifier shapes, the penultimate-feature hook, the release's WRN layout."""
 
 from __future__ import annotations
 

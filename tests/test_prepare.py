@@ -1,4 +1,4 @@
-"""adt.prepare: the runs the chapters need, trained and evaluated in worker processes, are
+"""adt.artifact.prepare: the runs the chapters need, trained and evaluated in worker processes, are
 exactly those the chapters then reuse (no training, no evaluation again)."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_prepared_runs_and_tables_are_reused_as_they_are(tmp_path: Path) -> None
                    if first else None)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # "... is not reused: ..." would fail here
-            warnings.filterwarnings("ignore", category=Warning, module="adt.sanity")
+            warnings.filterwarnings("ignore", category=Warning, module="adt.evaluation.sanity")
             evaluate_run(run, data, sources=sources, black_box=first, progress=False)
         assert (run.path / "eval.json").is_file()
 

@@ -1,4 +1,4 @@
-"""adt.profiles: validation, replace, the paper's recipe, serialisation."""
+"""adt.config.profiles: validation, replace, the paper's recipe, serialisation."""
 
 from __future__ import annotations
 

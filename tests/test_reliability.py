@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import recording_notebook, synthetic_notebook, trained_small_cnn
 
-from adt.artifact import bench, pipeline
+from adt.artifact import bench, costs, pipeline, plan
 from adt.artifact.pipeline import PipelineError, run_pipeline
 from adt.artifact.plan import plan_pipeline
 from adt.config.profiles import PROFILES, get_profile
@@ -42,7 +42,7 @@ from adt.core import _checks
 from adt.core.data import ImageDataset, load_dataset
 from adt.core.io import read_json, write_json
 from adt.core.primitives import check_batch
-from adt.evaluation import engine as evaluate
+from adt.evaluation import stored as evaluate
 from adt.evaluation.attacks import pgd
 from adt.evaluation.engine import robustness_table
 from adt.evaluation.protocol import CLEAN
@@ -179,10 +179,10 @@ def test_a_killed_final_metrics_write_is_repaired(mnist, tmp_path, monkeypatch) 
         return real(obj, path)
 
     profile = TINY.replace(recipe={"epochs": 2})
-    monkeypatch.setattr(adt.runs, "write_json", killed)
+    monkeypatch.setattr(adt.training.runs, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path, mnist, profile)
-    monkeypatch.setattr(adt.runs, "write_json", real)
+    monkeypatch.setattr(adt.training.runs, "write_json", real)
     path = run_dir(profile, "standard", 0, tmp_path)
     assert not read_json(path / METRICS)["finished"]  # stale: one epoch of two
     with pytest.warns(UserWarning, match="disagrees with the checkpoint"):
@@ -256,7 +256,7 @@ def test_only_the_committed_profile_writes_the_committed_notebooks(committed,
 def test_cuda_without_a_gpu_is_refused_before_anything_is_touched(committed, monkeypatch,
                                                                   capsys) -> None:
     src, out = committed
-    monkeypatch.setattr(pipeline, "_cuda_available", lambda: False)
+    monkeypatch.setattr(plan, "_cuda_available", lambda: False)
     before = _snapshot(src, out)
     with pytest.raises(ValueError, match="CUDA is not available"):
         run_pipeline(COMMITTED_PROFILE, "cuda", output_dir=out, notebooks=("a",),
@@ -300,7 +300,7 @@ def test_a_partial_batch_sees_the_outputs_of_the_notebooks_outside_it(committed)
     src, out = committed
     nbformat.write(synthetic_notebook(
         "from pathlib import Path\n"
-        "from adt.provenance import manifest_artefacts\n"
+        "from adt.config.provenance import manifest_artefacts\n"
         "listed = manifest_artefacts(output_dir)\n"
         "assert 'a' in listed and Path(output_dir, 'a.txt').read_text() == 'committed', listed"),
         src / "sees.ipynb")
@@ -466,7 +466,7 @@ def test_force_retrain_of_a_variant_leaves_the_named_run_alone(mnist, tmp_path) 
 
 _HOLDER = """
 import sys, time
-from adt.runs import RunLock
+from adt.training.runs import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -622,8 +622,8 @@ def test_bench_functions_validate_their_counts() -> None:
     for kwargs, message in ((dict(repeats=0), "repeats=0"), (dict(warmup=-1), "warmup=-1"),
                             (dict(steps=0), "steps=0")):
         with pytest.raises(ValueError, match=message):
-            bench._time(lambda: None, torch.device(CPU), **{"warmup": 0, "steps": 1,
-                                                            "repeats": 1, **kwargs})
+            costs.time_call(lambda: None, torch.device(CPU), **{"warmup": 0, "steps": 1,
+                                                               "repeats": 1, **kwargs})
 
 
 # ============================================================================ 6. other findings

@@ -1,4 +1,4 @@
-"""adt.stats: the paired bootstrap behind every verdict, checked against explicit loops,
+"""adt.study.stats: the paired bootstrap behind every verdict, checked against explicit loops,
 known answers and its coverage on simulated data."""
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def test_the_masking_test_fails_when_the_check_is_off(mildly_masked, monkeypatch
         return [dataclasses.replace(c, status="passed")
                 for c in score_based_only(table, checks)]
 
-    monkeypatch.setattr(adt.sanity, "score_based_only", switched_off)
+    monkeypatch.setattr(adt.evaluation.sanity, "score_based_only", switched_off)
     table = dataclasses.replace(mildly_masked, checks=adt.evaluation.sanity.run_checks(mildly_masked))
     assert {c.name: c.status for c in table.checks}["score_only[AutoAttack]"] == "passed"
     with pytest.raises(AssertionError):
@@ -260,7 +260,7 @@ def test_the_original_autoattack_runs_on_the_a_rob_survivors_and_is_reused(tmp_p
     """The original AutoAttack runs on exactly the survivors of A_rob (planted: 0, 3 and 5
     of 8), keeps its table and reuses it; with no survivors nothing runs and nothing is
     written (the result, all False, needs no attack)."""
-    import adt.evaluation.engine as E
+    import adt.evaluation.stored as E
     from adt.config.profiles import get_profile
     from adt.evaluation.table import load_table
     from adt.training.loop import train

@@ -236,7 +236,7 @@ def test_interrupt_while_saving_leaves_no_temp_file(mnist: ImageDataset, tmp_pat
             raise KeyboardInterrupt
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", half_save)  # adt.io imports torch when saving
+    monkeypatch.setattr(torch, "save", half_save)  # adt.core.io imports torch when saving
     with pytest.raises(KeyboardInterrupt):
         train(profile, "standard", data=mnist, runs_root=tmp_path, progress=False, device=CPU)
     monkeypatch.setattr(torch, "save", real_save)

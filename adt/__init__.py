@@ -1,14 +1,60 @@
 """Adversarial Distributional Training (Dong et al., NeurIPS 2020): the compute core.
 
-Modules, one idea each, from the bottom up: ``runtime`` (devices, modes, RNG, autocast),
-``provenance`` (output folders, manifest; no torch), ``data`` (datasets on the device),
-``models`` (classifiers, generators), ``distributions`` (the tanh-Gaussian),
-``primitives`` (losses, gradients, the l_inf ball, sign ascent); ``inner`` (the inner
-maximisers) beside ``attacks`` (the evaluation attacks); ``methods`` (methods by name),
-``profiles`` (named settings), ``runs`` (checkpoints, resume), ``train`` (Algorithm 1);
-``protocol``, ``sanity``, ``table`` and ``evaluate`` (the robustness table); ``analysis``
-(diversity, loss surfaces, curvature); ``report``, ``plots``, ``pipeline`` and ``bench`` on
-top. See REPRODUCTION.md for the release's settings this package follows.
+The subpackages read as the paper's pipeline, from the bottom up: ``core`` (checks, files,
+runtime, datasets, models, losses and the l_inf ball), ``method`` (the tanh-Gaussian, the
+inner maximisers, the methods by name), ``config`` (profiles, provenance), ``training``
+(Algorithm 1, run folders, resume, DDP, sweeps), ``evaluation`` (attacks, protocol, the
+robustness table and its checks, stored tables, checkpoint files), and on top, side by
+side, ``study`` (statistics, gates, claims, analyses, figures) and ``artifact`` (the
+notebooks' context, the papermill batch, benchmarks). See REPRODUCTION.md for the
+release's settings this package follows.
+
+The names a user needs are here (imported on first use, so ``import adt`` stays light)::
+
+    import adt
+    run = adt.train("quick", "adt_exp", seed=0)      # or adt.load_run(...)
+    table = adt.evaluate_run(run)                     # the profile's protocol, eval.json
+    table = adt.robustness_table(model, data, attacks, n_examples)   # any classifier
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "get_profile": "adt.config.profiles",
+    "PROFILES": "adt.config.profiles",
+    "Profile": "adt.config.profiles",
+    "METHODS": "adt.method.methods",
+    "LABELS": "adt.method.methods",
+    "MethodSettings": "adt.method.methods",
+    "build_maximizer": "adt.method.methods",
+    "load_dataset": "adt.core.data",
+    "train": "adt.training.loop",
+    "load_run": "adt.training.modules",
+    "Run": "adt.training.runs",
+    "evaluate_run": "adt.evaluation.stored",
+    "robustness_table": "adt.evaluation.engine",
+    "standard_attacks": "adt.evaluation.protocol",
+    "load_checkpoint": "adt.evaluation.checkpoints",
+    "evaluate_checkpoint": "adt.evaluation.cli",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

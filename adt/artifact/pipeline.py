@@ -269,7 +269,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     moved into place.
 
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
-    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.prepare`;
+    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.artifact.prepare`;
     the notebooks then reuse them."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):

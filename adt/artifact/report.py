@@ -4,7 +4,7 @@ A notebook builds one :class:`Context` from its papermill parameters; figures an
 tables are saved through it, so every artefact lands in the profile's output folder
 (``figures/`` for ``quick``, ``figures/<profile>/`` for the others, a temporary
 folder for ``smoke``) and is listed in ``MANIFEST.json`` with the notebook, the runs
-and the git commit that produced it (:mod:`adt.provenance`).
+and the git commit that produced it (:mod:`adt.config.provenance`).
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ class Profile:
 
     def with_budget(self, factor: int) -> Profile:
         """The same schedule ``factor`` times as long (the "stable under budget" gate of
-        ``adt.gates``): epochs, learning-rate milestones and the epsilon ramp scaled."""
+        ``adt.study.gates``): epochs, learning-rate milestones and the epsilon ramp scaled."""
         factor = check_int_at_least(factor, 1, "budget factor", "2")
         r = self.recipe
         return self.replace(recipe={

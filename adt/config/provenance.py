@@ -1,8 +1,8 @@
 """Where outputs go and what produced them: repository root, output folders, git commit,
 and ``MANIFEST.json``.
 
-This module imports no torch, so the papermill launcher (:mod:`adt.pipeline`) stays
-light; :mod:`adt.report` builds the notebooks' :class:`~adt.artifact.report.Context` on it.
+This module imports no torch, so the papermill launcher (:mod:`adt.artifact.pipeline`) stays
+light; :mod:`adt.artifact.report` builds the notebooks' :class:`~adt.artifact.report.Context` on it.
 
 Every figure and table is listed in its output folder's ``MANIFEST.json`` with the
 notebook, the runs and the commit that produced it (:func:`record_artefact`); the
@@ -33,13 +33,13 @@ __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPO
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "MANIFEST.json"
 
-#: The named profiles of ``adt.profiles`` (a test keeps the two lists equal).
+#: The named profiles of ``adt.config.profiles`` (a test keeps the two lists equal).
 PROFILE_NAMES = ("smoke", "quick", "fashion", "cifar", "paper")
 #: The profile whose outputs are committed: ``figures/`` and the executed ``notebooks/``.
 COMMITTED_PROFILE = "quick"
 #: Profiles whose outputs go to a temporary folder, never into the repository.
 TEMPORARY_PROFILES = ("smoke",)
-#: Profiles whose default device is CUDA (a test keeps this equal to ``adt.profiles``).
+#: Profiles whose default device is CUDA (a test keeps this equal to ``adt.config.profiles``).
 CUDA_PROFILES = ("fashion", "cifar", "paper")
 
 

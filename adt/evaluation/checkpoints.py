@@ -11,7 +11,7 @@ it holds, its architecture read from the tensors' names and shapes
 
 A released file may be a bare ``state_dict`` or one wrapped under ``state_dict``,
 ``model``, ``net`` or ``model_state_dict``, its keys with the ``module.`` prefix of
-``nn.DataParallel``; our runs' ``checkpoint.pt`` (:mod:`adt.runs`) is recognised by its
+``nn.DataParallel``; our runs' ``checkpoint.pt`` (:mod:`adt.training.runs`) is recognised by its
 format and its identity (profile, method, seed) kept. :func:`released_models` says
 whether the release's files (``<data root>/release/*.pt``) and CIFAR-10 are on disk,
 and what to download where when they are not.

@@ -2,7 +2,7 @@
 
 A spec is one row: an attack function with its settings, its kind ("clean", "white"
 rows enter A_rob, "black" rows are reported apart, "sanity" rows serve the checks of
-:mod:`adt.sanity`), and, for a transfer attack, the source model it is crafted on
+:mod:`adt.evaluation.sanity`), and, for a transfer attack, the source model it is crafted on
 (``source_model``, named ``source``). :func:`white_box_attacks`,
 :func:`black_box_attacks` and :func:`standard_attacks` build the protocol of
 REPRODUCTION.md, "Evaluation protocol", sized by a profile's

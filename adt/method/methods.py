@@ -3,7 +3,7 @@
 Everything that names a method lives here; profiles, the trainer, the benchmark and the
 notebooks import it.
 
-| method       | label      | inner maximiser (``adt.inner``)          |
+| method       | label      | inner maximiser (``adt.method.inner``)          |
 |--------------|------------|------------------------------------------|
 | `standard`   | Standard   | :class:`Clean`                           |
 | `pgd_at`     | AT (PGD)   | :class:`PGD`, Eq. (2)                    |

@@ -1,7 +1,7 @@
 """From robustness tables to claims: seed-aggregated cells, paired method comparisons, and
 the claims ledger written to ``figures/CLAIMS.md``.
 
-The statistics are :mod:`adt.stats`'s; this module only says which per-example values
+The statistics are :mod:`adt.study.stats`'s; this module only says which per-example values
 are compared (the stored per-example correctness of :class:`~adt.evaluation.table.RobustnessTable`,
 paired by seed and test image) and how the results are written.
 """

@@ -1,7 +1,7 @@
 """Validity gates: whether the experiment behind a claim's verdict is sound, decided by rules
 fixed in code before the results are read.
 
-A verdict of :mod:`adt.stats` (supported / contradicted / inconclusive, from a paired
+A verdict of :mod:`adt.study.stats` (supported / contradicted / inconclusive, from a paired
 comparison with a 95 % interval) is evidence about the paper only if the runs behind it
 are sound: the models converged, the baselines are credible, the columns it reads are not
 flagged by a gradient-masking check, the effect does not flip with the training budget,
@@ -125,7 +125,7 @@ _GRADIENT = (*_FIXED_STEP, "APGD-*")
 #: Every white-box row, and A_rob (the worst case over them). Clean is never unreliable.
 _WHITE = (*_GRADIENT, "AutoAttack", "A_rob")
 
-#: A failed check of :mod:`adt.sanity` (by the name before "[") -> the columns (fnmatch
+#: A failed check of :mod:`adt.evaluation.sanity` (by the name before "[") -> the columns (fnmatch
 #: patterns; "{name}" is the check's bracket, e.g. the AutoAttack row it names) it makes
 #: unusable for a verdict about that model:
 #:

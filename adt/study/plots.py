@@ -95,7 +95,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Run]], *, title: str,
     One colour per method (the first seed drawn opaque, the others lighter); methods in
     ``highlight`` solid, the others dotted (all solid when ``highlight`` is empty); the
     epsilon ramp of the first ``warmup_epochs`` epochs is shaded; ``gate_epochs`` (first,
-    last) hatches, on the PGD panel, the epochs the "converged" gate of ``adt.gates``
+    last) hatches, on the PGD panel, the epochs the "converged" gate of ``adt.study.gates``
     compares. The legend is to the right of the last panel.
     """
     import matplotlib.pyplot as plt

@@ -11,7 +11,7 @@ baselines only, so the method under test cannot steer it:
    setting is the mean of the two accuracies. The monitor of each run watches the
    validation images too.
 3. A setting is **eligible** when both baselines pass the *converged* gate of
-   :mod:`adt.gates` on their validation monitor (the last two epochs within 3 points, and
+   :mod:`adt.study.gates` on their validation monitor (the last two epochs within 3 points, and
    trained: clean accuracy at least 0.5) **on every seed of the profile**. Seeds after the
    first are trained only for settings that pass on the first (a setting that fails one
    seed is not eligible whatever the others do); they are not scored.

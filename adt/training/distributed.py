@@ -176,7 +176,7 @@ class GlobalBatchDraws(TorchFunctionMode):
     (``(k, B, C, H, W)`` for ADT_EXP's k draws), else dimension 0 when it has that size
     (``(B, ...)``); draws without one (shared by the batch) are left as they are. Covers
     ``torch.randn``/``rand``, their ``_like`` forms and ``Tensor.uniform_``/``normal_``:
-    the draws of every maximiser of :mod:`adt.inner`.
+    the draws of every maximiser of :mod:`adt.method.inner`.
     """
 
     def __init__(self, ctx: DistContext, local_batch: int, image_shape: tuple[int, ...]

@@ -3,10 +3,10 @@
 For each minibatch the method's inner maximiser gives the training batch (line 4),
 then one SGD step is taken on the classifier (line 5, Theorem 1); the amortised
 maximisers update their generators in the same backward pass. Run folders,
-checkpoints and resume live in :mod:`adt.runs`.
+checkpoints and resume live in :mod:`adt.training.runs`.
 
 Under ``torchrun`` every process trains its share of each global batch and DDP averages
-the gradients (:mod:`adt.distributed`); rank 0 alone monitors and writes. The command line:
+the gradients (:mod:`adt.training.distributed`); rank 0 alone monitors and writes. The command line:
 
     python -m adt.train --profile quick --method adt_exp --seed 0 [overrides]
     torchrun --nproc_per_node=4 -m adt.train --profile paper --method pgd_at --seed 0
@@ -84,7 +84,7 @@ def train_epoch(model: nn.Module, maximizer: InnerMaximizer, optimizer: torch.op
     """One pass over the training split (epoch ``epoch``, 0-based): the epsilon ramp, then
     :func:`train_step` per batch. Returns the per-example means of the step statistics
     (device tensors). Under DDP (``ctx``), each rank steps on its share of every global
-    batch, its random draws made for the global batch (:mod:`adt.distributed`), and the
+    batch, its random draws made for the global batch (:mod:`adt.training.distributed`), and the
     means are over all ranks."""
     sums: dict[str, torch.Tensor] = {}
     n_seen = 0

@@ -7,7 +7,7 @@
 
 Each unfinished run (no ``finished`` in its run folder's ``metrics.json``) is started as
 ``python -m adt.train`` (or ``torchrun --standalone --nproc_per_node=N -m adt.train``) on the
-next free group of GPUs; a run with a checkpoint resumes from it (:mod:`adt.runs`). A
+next free group of GPUs; a run with a checkpoint resumes from it (:mod:`adt.training.runs`). A
 status table (state, epoch, ETA, from the run folders) is printed as runs start and end,
 and every ``--every`` seconds; each run's output goes to ``<profile folder>/logs/``.
 """

@@ -1,0 +1,44 @@
+"""The public API: ``import adt`` is light (no torch until a name is used) and every name of
+``adt.__all__`` resolves to the object of the module that defines it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import adt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_adt_imports_no_torch() -> None:
+    code = "import adt, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", adt.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(adt, name)
+    assert value is not None
+    assert name in dir(adt)
+
+
+def test_the_api_is_the_modules_own_objects() -> None:
+    from adt.config.profiles import get_profile
+    from adt.evaluation.engine import robustness_table
+    from adt.evaluation.stored import evaluate_run
+    from adt.method.methods import METHODS
+    from adt.training.loop import train
+    from adt.training.modules import load_run
+
+    assert adt.get_profile is get_profile and adt.METHODS is METHODS
+    assert adt.train is train and adt.load_run is load_run
+    assert adt.evaluate_run is evaluate_run and adt.robustness_table is robustness_table
+    assert set(adt.PROFILES) >= {"smoke", "quick"}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        adt.nope  # noqa: B018

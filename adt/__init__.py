@@ -24,12 +24,14 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
-_EXPORTS = {
+#: public name -> the module that defines it (and the name there, when it differs)
+_EXPORTS: dict[str, str | tuple[str, str]] = {
     "get_profile": "adt.config.profiles",
     "PROFILES": "adt.config.profiles",
     "Profile": "adt.config.profiles",
     "METHODS": "adt.method.methods",
+    "METHOD_REGISTRY": ("adt.method.methods", "REGISTRY"),
+    "Method": "adt.method.methods",
     "LABELS": "adt.method.methods",
     "MethodSettings": "adt.method.methods",
     "build_maximizer": "adt.method.methods",
@@ -48,10 +50,11 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    where = _EXPORTS.get(name)
+    if where is None:
         raise AttributeError(f"module 'adt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attribute = where if isinstance(where, tuple) else (where, name)
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # later lookups skip this function
     return value
 

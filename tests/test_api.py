@@ -32,13 +32,38 @@ def test_the_api_is_the_modules_own_objects() -> None:
     from adt.config.profiles import get_profile
     from adt.evaluation.engine import robustness_table
     from adt.evaluation.stored import evaluate_run
-    from adt.method.methods import METHODS
+    from adt.method.methods import METHODS, REGISTRY
     from adt.training.loop import train
     from adt.training.modules import load_run
 
     assert adt.get_profile is get_profile and adt.METHODS is METHODS
+    assert adt.METHOD_REGISTRY is REGISTRY
     assert adt.train is train and adt.load_run is load_run
     assert adt.evaluate_run is evaluate_run and adt.robustness_table is robustness_table
     assert set(adt.PROFILES) >= {"smoke", "quick"}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         adt.nope  # noqa: B018
+
+
+def test_the_method_registry_is_the_one_source_of_method_facts() -> None:
+    from adt.core.data import DATASETS
+    from adt.method.methods import (
+        LABELS,
+        METHOD_COLORS,
+        METHODS,
+        REGISTRY,
+        MethodSettings,
+        build_maximizer,
+    )
+    from adt.training import distributed
+
+    assert METHODS == tuple(REGISTRY) and set(LABELS) == set(METHOD_COLORS) == set(METHODS)
+    assert not hasattr(distributed, "_WRAPPED")  # the maximisers name their networks
+    for name, method in REGISTRY.items():
+        maximizer = build_maximizer(name, MethodSettings(am_ngf=8), DATASETS["mnist5k"], 0.3)
+        assert type(maximizer) is method.maximizer and method.name == name
+        assert LABELS[name] == method.label and METHOD_COLORS[name] == method.color
+        for network in method.networks:  # what data-parallel training wraps
+            assert any(p.requires_grad for p in getattr(maximizer, network).parameters())
+    assert REGISTRY["adt_imp_am"].networks == ("generator", "noise_map", "encoder")
+    assert REGISTRY["pgd_at"].networks == ()

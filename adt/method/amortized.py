@@ -86,6 +86,8 @@ class AmortizedExplicitADT(InnerMaximizer):
     pass (extra loss: -lambda_ H, H the batch-and-pixel mean of the release's -log p).
     """
 
+    networks = ("generator",)
+
     passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
 
     def __init__(self, in_channels: int, epsilon: float, ngf: int = 256, lambda_: float = 0.01,
@@ -148,6 +150,8 @@ class AmortizedImplicitADT(InnerMaximizer):
     this penalty (no gradient while NLL < threshold), and the generator's entropy pressure
     is active only above the threshold (REPRODUCTION.md, "ADT_IMP-AM as released").
     """
+
+    networks = ("generator", "noise_map", "encoder")
 
     passes_per_image = 3  # g1 and g2 of the conditioning, then the training pass
 

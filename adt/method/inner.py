@@ -65,9 +65,13 @@ class InnerMaximizer(nn.Module):
     ``batch_share``, this process's share of the global batch (1/N), multiplies the
     release's batch-mean gradient scales; ``global_mean`` turns a batch mean over this
     process's rows into the global batch's mean. In one process they change nothing.
+    ``networks`` names the maximiser's own trained networks (attributes), which
+    data-parallel training wraps in DistributedDataParallel; none for the maximisers
+    without networks.
     """
 
     epsilon: float
+    networks: tuple[str, ...] = ()
     batch_share: float = 1.0
     global_mean: Callable[[torch.Tensor], torch.Tensor] = staticmethod(_same)
 

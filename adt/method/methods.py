@@ -1,7 +1,8 @@
 """The training methods: their names, labels, colours, settings, and their maximisers.
 
-Everything that names a method lives here; profiles, the trainer, the benchmark and the
-notebooks import it.
+Everything that names a method lives here, one record each (:class:`Method`, in
+:data:`REGISTRY`), read by :data:`METHODS`, :data:`LABELS`, :data:`METHOD_COLORS` and
+:func:`build_maximizer`; profiles, the trainer, the benchmark and the notebooks import it.
 
 | method       | label      | inner maximiser (``adt.method.inner``)          |
 |--------------|------------|------------------------------------------|
@@ -15,6 +16,7 @@ notebooks import it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adt.core._checks import check_choice, check_int_at_least, check_nonnegative, check_positive
@@ -23,19 +25,8 @@ from adt.method.amortized import CONDITIONINGS, AmortizedExplicitADT, AmortizedI
 from adt.method.explicit import ExplicitADT
 from adt.method.inner import PGD, TRADES, Clean, InnerMaximizer
 
-__all__ = ["METHODS", "LABELS", "METHOD_COLORS", "MethodSettings", "build_maximizer"]
-
-#: Training methods in the order of the paper's tables.
-METHODS = ("standard", "pgd_at", "trades", "adt_exp", "adt_exp_am", "adt_imp_am")
-
-#: How tables and figures name each method (the paper's names).
-LABELS = {"standard": "Standard", "pgd_at": "AT (PGD)", "trades": "TRADES", "adt_exp": "ADT_EXP",
-          "adt_exp_am": "ADT_EXP-AM", "adt_imp_am": "ADT_IMP-AM"}
-
-#: One colour per method, the same in every figure.
-METHOD_COLORS = {"standard": "#7f7f7f", "pgd_at": "#1f77b4", "trades": "#9467bd",
-                 "adt_exp": "#d62728",
-                 "adt_exp_am": "#ff7f0e", "adt_imp_am": "#2ca02c"}
+__all__ = ["Method", "REGISTRY", "METHODS", "LABELS", "METHOD_COLORS", "MethodSettings",
+           "build_maximizer"]
 
 
 @dataclass(frozen=True)
@@ -80,26 +71,78 @@ class MethodSettings:
         check_choice(self.am_conditioning, CONDITIONINGS, "am_conditioning")
 
 
+
+def _standard(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    return Clean(epsilon)
+
+
+def _pgd_at(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    return PGD(epsilon, step_size=s.pgd_step_fraction * epsilon, steps=s.pgd_steps)
+
+
+def _trades(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    return TRADES(epsilon, step_size=s.trades_step_fraction * epsilon, steps=s.trades_steps,
+                  beta=s.trades_beta)
+
+
+def _adt_exp(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    return ExplicitADT(epsilon, steps=s.adt_steps, num_samples=s.adt_num_samples,
+                       lambda_=s.adt_lambda, lr=s.adt_lr, update=s.adt_update)
+
+
+def _adt_exp_am(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    return AmortizedExplicitADT(spec.image_shape[0], epsilon, ngf=s.am_ngf, lambda_=s.am_lambda,
+                                lr=s.am_lr, conditioning=s.am_conditioning)
+
+
+def _adt_imp_am(s: MethodSettings, spec: DatasetSpec, epsilon: float) -> InnerMaximizer:
+    channels, size = spec.image_shape[0], spec.image_shape[1]
+    return AmortizedImplicitADT(channels, size, epsilon, ngf=s.am_ngf, noise_dim=s.imp_noise_dim,
+                                lambda_=s.imp_lambda, threshold=s.imp_threshold, lr=s.am_lr,
+                                encoder_lr=s.am_lr, conditioning=s.am_conditioning)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method: its name, how tables and figures name it (``label``, the
+    paper's name) and colour it (the same in every figure), the class of its inner
+    maximiser and the function that builds one from the settings. The maximiser's own
+    trained networks, which data-parallel training wraps, are :attr:`networks`."""
+
+    name: str
+    label: str
+    color: str
+    maximizer: type[InnerMaximizer]
+    build: Callable[[MethodSettings, DatasetSpec, float], InnerMaximizer]
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        return self.maximizer.networks
+
+
+#: The training methods by name, in the order of the paper's tables.
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("standard", "Standard", "#7f7f7f", Clean, _standard),
+    Method("pgd_at", "AT (PGD)", "#1f77b4", PGD, _pgd_at),
+    Method("trades", "TRADES", "#9467bd", TRADES, _trades),
+    Method("adt_exp", "ADT_EXP", "#d62728", ExplicitADT, _adt_exp),
+    Method("adt_exp_am", "ADT_EXP-AM", "#ff7f0e", AmortizedExplicitADT, _adt_exp_am),
+    Method("adt_imp_am", "ADT_IMP-AM", "#2ca02c", AmortizedImplicitADT, _adt_imp_am),
+)}
+
+#: Training methods in the order of the paper's tables.
+METHODS = tuple(REGISTRY)
+
+#: How tables and figures name each method (the paper's names).
+LABELS = {name: m.label for name, m in REGISTRY.items()}
+
+#: One colour per method, the same in every figure.
+METHOD_COLORS = {name: m.color for name, m in REGISTRY.items()}
+
+
 def build_maximizer(method: str, settings: MethodSettings, spec: DatasetSpec,
                     epsilon: float) -> InnerMaximizer:
     """The inner maximiser of ``method`` with ``settings`` for images of dataset ``spec``
     at radius ``epsilon``."""
     check_choice(method, METHODS, "method")
-    s = settings
-    channels, size = spec.image_shape[0], spec.image_shape[1]
-    if method == "standard":
-        return Clean(epsilon)
-    if method == "pgd_at":
-        return PGD(epsilon, step_size=s.pgd_step_fraction * epsilon, steps=s.pgd_steps)
-    if method == "trades":
-        return TRADES(epsilon, step_size=s.trades_step_fraction * epsilon, steps=s.trades_steps,
-                      beta=s.trades_beta)
-    if method == "adt_exp":
-        return ExplicitADT(epsilon, steps=s.adt_steps, num_samples=s.adt_num_samples,
-                           lambda_=s.adt_lambda, lr=s.adt_lr, update=s.adt_update)
-    if method == "adt_exp_am":
-        return AmortizedExplicitADT(channels, epsilon, ngf=s.am_ngf, lambda_=s.am_lambda,
-                                    lr=s.am_lr, conditioning=s.am_conditioning)
-    return AmortizedImplicitADT(channels, size, epsilon, ngf=s.am_ngf, noise_dim=s.imp_noise_dim,
-                                lambda_=s.imp_lambda, threshold=s.imp_threshold, lr=s.am_lr,
-                                encoder_lr=s.am_lr, conditioning=s.am_conditioning)
+    return REGISTRY[method].build(settings, spec, epsilon)

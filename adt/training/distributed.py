@@ -337,9 +337,6 @@ class DistributedClassifier(nn.Module):
         return self.ddp(x) if self.training else self.ddp.module(x)
 
 
-_WRAPPED = ("generator", "noise_map", "encoder")
-
-
 def _global_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """The mean over the ranks of a per-rank batch mean (equal shares: the global batch's
     mean), differentiable: each rank's gradient flows back to every rank's inputs."""
@@ -352,8 +349,9 @@ def wrapped_maximizer(maximizer: InnerMaximizer, ctx: DistContext, device: torch
     """The maximiser ready for a DDP epoch, restored on exit (so checkpoints keep the plain
     modules' keys):
 
-    * its own networks (the AM generators, ADT_IMP-AM's noise map and encoder) under
-      ``DistributedDataParallel``, so their gradients are averaged like the classifier's;
+    * its own networks (``maximizer.networks``: the AM generators, ADT_IMP-AM's noise map
+      and encoder) under ``DistributedDataParallel``, so their gradients are averaged like
+      the classifier's;
     * its hooks (:class:`~adt.method.inner.InnerMaximizer`) set to the global batch:
       ``batch_share = 1/N`` scales the release's batch-mean gradients (ADT_EXP's
       ``running_sum`` objective, the AM ``raw`` conditioning), and ``global_mean`` takes
@@ -364,7 +362,7 @@ def wrapped_maximizer(maximizer: InnerMaximizer, ctx: DistContext, device: torch
       loss linear in them.
     """
     swapped: dict[str, nn.Module] = {}
-    for name in _WRAPPED:
+    for name in maximizer.networks:
         sub = getattr(maximizer, name, None)
         if isinstance(sub, nn.Module) and any(p.requires_grad for p in sub.parameters()):
             swapped[name] = sub

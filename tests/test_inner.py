@@ -1,4 +1,4 @@
-"""The inner maximisers (adt/inner.py): ADT_EXP, ADT_EXP-AM, ADT_IMP-AM, and the shared interface."""
+"""The inner maximisers (adt/method/): ADT_EXP, ADT_EXP-AM, ADT_IMP-AM, and the shared interface."""
 
 from __future__ import annotations
 

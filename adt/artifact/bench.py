@@ -4,15 +4,13 @@
     python -m adt.bench --model wrn --batch-size 128 --device cuda --steps 20
     python -m adt.bench --attacks --model small_cnn     # PGD-20: ours vs torchattacks
 
-For every method the benchmark warms up, then times full training steps
-(:func:`adt.training.loop.train_step`: inner maximisation + classifier update) in one process,
-and prints images/s, forward+backward passes of the classifier per image, the ratio
-of the step time to PGD-AT's beside the ratio of pass counts, peak memory, and the
-achieved TFLOP/s (FLOPs counted with ``torch.utils.flop_counter``'s formulas on one real step,
-not guessed). It also times a *reference-style* ADT_EXP step written the way the
-authors' release does it (k samples in a Python loop with ``retain_graph``, float32,
-NCHW) so the speed-up is measured side by side. Results go to stdout; the JSON is
-written only when asked, with ``--output PATH`` (the committed results are
+The command line of the benchmarks. For every method it times full training steps
+(:func:`adt.artifact.costs.time_train_steps`: inner maximisation + classifier update, in one
+process) and prints images/s, forward+backward passes of the classifier per image, the
+ratio of the step time to PGD-AT's beside the ratio of pass counts, peak memory, and the
+achieved TFLOP/s, with a *reference-style* ADT_EXP step (the release's way) timed side by
+side; ``--attacks`` times PGD-20, ours against torchattacks. Results go to stdout; the JSON
+is written only when asked, with ``--output PATH`` (the committed results are
 ``benchmarks/<device>-<model>.json``).
 """
 

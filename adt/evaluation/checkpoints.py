@@ -202,7 +202,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor],
                             {"width": w, "hidden": hidden, "image_size": image_size})
     raise ValueError(f"the checkpoint's architecture is not supported: found {_found(state)}. "
                      f"Supported: {SUPPORTED}. Evaluate another model from Python with "
-                     "adt.evaluation.engine.robustness_table(model, data, attacks)")
+                     "adt.robustness_table(model, data, attacks)")
 
 
 def _check_dataset(arch: Architecture, dataset: str, path: Path) -> None:

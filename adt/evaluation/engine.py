@@ -47,7 +47,7 @@ def evaluation_examples(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], 
         x, y = data
     else:
         raise ValueError(f"data must be an ImageDataset or a pair (x, y) of tensors, got "
-                         f"{type(data).__name__}; e.g. adt.core.data.load_dataset('mnist5k')")
+                         f"{type(data).__name__}; e.g. adt.load_dataset('mnist5k')")
     if n is not None:
         check_int_at_least(n, 1, "n_examples", "1000")
         if n > len(x):

@@ -205,8 +205,8 @@ def load_table(path: str | Path) -> RobustnessTable:
         path = path / EVAL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no robustness table at {path}; evaluate the run first: "
-                                "adt.evaluation.stored.evaluate_run(run)")
-    fix = "delete it; adt.evaluation.stored.evaluate_run(run) computes it again"
+                                "adt.evaluate_run(run)")
+    fix = "delete it; adt.evaluate_run(run) computes it again"
     blob = read_json(path, fix)
     try:
         return RobustnessTable.from_dict(blob)

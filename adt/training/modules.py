@@ -86,13 +86,13 @@ def load_run(profile: str | Profile, method: str, seed: int = 0, *,
     path = run_dir(profile, method, seed, runs_root)
     if not (path / CHECKPOINT).exists():
         raise FileNotFoundError(f"no run at {path}; train it first: "
-                                f"adt.training.loop.train({profile.name!r}, {method!r}, seed={seed})")
+                                f"adt.train({profile.name!r}, {method!r}, seed={seed})")
     model, maximizer, ckpt = restore_run(profile, method, seed, path, DATASETS[profile.dataset],
                                          device)
     metrics = ckpt["metrics"]
     if not metrics.get("finished") and not allow_unfinished:
         raise ValueError(f"the run at {path} is unfinished ({ckpt['epoch']} of "
-                         f"{metrics.get('epochs')} epochs); finish it with adt.training.loop.train("
+                         f"{metrics.get('epochs')} epochs); finish it with adt.train("
                          f"{profile.name!r}, {method!r}, seed={seed}) (it resumes), or pass "
                          "allow_unfinished=True to load it as it is")
     return Run(path, profile, method, seed, model.eval(), maximizer, metrics)

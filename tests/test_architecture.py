@@ -324,3 +324,5 @@ def test_documents_name_module_files_that_exist() -> None:
         missing = sorted({p for p in re.findall(r"\badt/[\w/]+\.py\b", text)
                           if not (ROOT / p).is_file()})
         assert not missing, (doc, missing)
+        commands = set(re.findall(r"-m adt\.(\w+)", text))
+        assert commands <= SHIMS, (doc, commands - SHIMS)  # each a shim of adt/

@@ -274,7 +274,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
         if _prepare(plan, workers, force_retrain):
-            force_retrain = False  # retrained just now, by adt.prepare
+            force_retrain = False  # retrained just now, by adt.artifact.prepare
         _seed(plan, staged_out)
         timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
         record_batch(staged_out, profile=plan.profile, device=plan.device,

@@ -40,7 +40,7 @@ RELEASE_FOLDER = "release"
 #: The release's repository (its README links the trained models).
 RELEASE_REPOSITORY = "https://github.com/thudzj/ADT"
 SUPPORTED = ("WideResNet in the release's layout (conv1, block1-3.layer.i, bn1, fc; any "
-             "depth 6n+4 and widen factor), PreActResNet18 and SmallCNN of adt.models")
+             "depth 6n+4 and widen factor), PreActResNet18 and SmallCNN of adt.core.models")
 _WRAPPERS = ("state_dict", "model", "net", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel, torch.compile
 

@@ -11,7 +11,15 @@ import pytest
 from adt.data import load_dataset
 from adt.evaluate import evaluate_run
 from adt.methods import METHODS
-from adt.prepare import BUDGET_FACTOR, BUDGET_METHODS, evaluation_jobs, prepare, training_jobs
+from adt.prepare import (
+    AM_METHODS,
+    BUDGET_FACTOR,
+    BUDGET_METHODS,
+    conditioning_variant,
+    evaluation_jobs,
+    prepare,
+    training_jobs,
+)
 from adt.profiles import get_profile
 from adt.train import train
 
@@ -21,9 +29,13 @@ def test_the_jobs_are_every_method_and_seed_and_the_budget_check() -> None:
     jobs = training_jobs(quick)
     assert {(j.method, j.seed) for j in jobs if j.profile == quick} == {
         (m, s) for m in METHODS for s in quick.seeds}
-    long = [j for j in jobs if j.profile != quick]
-    assert {j.method for j in long} == set(BUDGET_METHODS)
-    assert all(j.profile == quick.with_budget(BUDGET_FACTOR) and j.seed == 0 for j in long)
+    long = [j for j in jobs if j.profile == quick.with_budget(BUDGET_FACTOR)]
+    assert {j.method for j in long} == set(BUDGET_METHODS) and all(j.seed == 0 for j in long)
+    variant = [j for j in jobs if j.profile == conditioning_variant(quick)]
+    assert {(j.method, j.seed) for j in variant} == {(m, s) for m in AM_METHODS for s in quick.seeds}
+    assert variant[0].profile.methods.am_conditioning == "raw"  # quick normalises
+    assert conditioning_variant(variant[0].profile).methods == quick.methods
+    assert len(jobs) == len(METHODS) * 3 + 2 + 2 * 3
     assert jobs[0].method == "adt_exp" and jobs[0].profile != quick  # longest first
     evals = evaluation_jobs(quick)
     assert sum(j.black_box for j in evals) == len(METHODS)  # the first seed of each

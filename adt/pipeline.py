@@ -357,7 +357,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
                  force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
                  log_output: bool = False, notebooks_dir: str | Path | None = None,
-                 workers: int | None = None) -> Path:
+                 workers: int | None = 0) -> Path:
     """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
     and, once all have succeeded, move their results into place (:func:`plan_pipeline`
     says where); return the path of the merged manifest. A failing cell raises
@@ -365,8 +365,8 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     moved into place.
 
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
-    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.prepare`;
-    the notebooks then reuse them."""
+    one-thread processes by :mod:`adt.prepare` (None: one per core, what the command line
+    asks for by default; 0 or 1, the default here: none); the notebooks then reuse them."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
         if _prepare(plan, workers, force_retrain):

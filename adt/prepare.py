@@ -65,11 +65,13 @@ class TrainJob:
 
     @property
     def cost(self) -> float:
-        """Relative cost: epochs x the inner maximisation's forward-backward passes."""
-        s = self.profile.methods
-        passes = {"standard": 1, "pgd_at": s.pgd_steps, "trades": s.trades_steps,
-                  "adt_exp": s.adt_steps * s.adt_num_samples}.get(self.method, 3)
-        return self.profile.recipe.epochs * (1 + passes)
+        """Relative cost: epochs x the maximiser's classifier passes per image."""
+        from adt.data import DATASETS
+        from adt.methods import build_maximizer
+
+        p = self.profile
+        maximizer = build_maximizer(self.method, p.methods, DATASETS[p.dataset], p.train_epsilon)
+        return p.recipe.epochs * maximizer.passes_per_image
 
 
 @dataclass(frozen=True)
@@ -125,14 +127,6 @@ def _data(profile: Profile) -> Any:
     return load_dataset(profile.dataset, root=REPO_ROOT / "data", device="cpu")
 
 
-def _run(profile: Profile, method: str, seed: int, runs_root: str, force: bool = False) -> Any:
-    from adt.train import train
-
-    data = _data(profile)
-    return train(profile, method, seed, data=data, device="cpu", runs_root=runs_root,
-                 force_retrain=force, progress=False), data
-
-
 def _finished(profile: Profile, method: str, seed: int, runs_root: str) -> Any:
     """A trained run, read without its lock: two workers may read the same source model."""
     from adt.runs import load_run
@@ -141,8 +135,11 @@ def _finished(profile: Profile, method: str, seed: int, runs_root: str) -> Any:
 
 
 def _train(job: TrainJob, runs_root: str, force: bool) -> str:
+    from adt.train import train
+
     started = time.perf_counter()
-    _run(job.profile, job.method, job.seed, runs_root, force)
+    train(job.profile, job.method, job.seed, data=_data(job.profile), device="cpu",
+          runs_root=runs_root, force_retrain=force, progress=False)
     return (f"trained {LABELS[job.method]} seed {job.seed}, {job.profile.recipe.epochs} "
             f"epochs ({time.perf_counter() - started:.0f} s)")
 
@@ -160,8 +157,8 @@ def _evaluate(job: EvalJob, runs_root: str, force: bool) -> str:
                          progress=False)
     if job.reference:
         full_autoattack_survivors(run, table, data, force=force, progress=False)
-    return (f"evaluated {LABELS[job.method]} seed {job.seed}"
-            f"{' (black-box rows)' if job.black_box else ''} "
+    return (f"evaluated {LABELS[job.method]} seed {job.seed}, {job.profile.recipe.epochs} "
+            f"epochs{' (black-box rows)' if job.black_box else ''} "
             f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -79,3 +79,13 @@ def test_a_failing_job_is_reported_and_left_to_the_notebook(tmp_path: Path,
     prepare(profile, tmp_path, workers=2, methods=("standard",))
     out = capsys.readouterr().out
     assert "train Standard seed 0 failed" in out and "evaluate Standard seed 0 failed" in out
+
+
+def test_the_cpu_stage_is_the_command_lines_default_only() -> None:
+    """`make reproduce` (the command line) prepares the runs in workers by default; a
+    call of run_pipeline (tests, scripts) does not start training unless asked."""
+    import inspect
+
+    from adt.pipeline import run_pipeline
+
+    assert inspect.signature(run_pipeline).parameters["workers"].default == 0

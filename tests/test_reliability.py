@@ -283,9 +283,7 @@ def test_unknown_notebook_names_are_refused_before_anything_is_touched(committed
 def test_a_partial_batch_merges_the_manifest(committed) -> None:
     src, out = committed
     before = read_json(out / MANIFEST)["artefacts"]
-    # workers=0: no adt.prepare stage (it would train the quick runs; these notebooks need none)
-    run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("b",), notebooks_dir=src,
-                 workers=0)
+    run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("b",), notebooks_dir=src)
     after = read_json(out / MANIFEST)
     assert set(after["artefacts"]) == {"a", "b"}  # a was not run: its entry stays
     assert after["artefacts"]["a"] == before["a"]
@@ -302,8 +300,7 @@ def test_a_partial_batch_sees_the_outputs_of_the_notebooks_outside_it(committed)
         "listed = manifest_artefacts(output_dir)\n"
         "assert 'a' in listed and Path(output_dir, 'a.txt').read_text() == 'committed', listed"),
         src / "sees.ipynb")
-    run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("sees",), notebooks_dir=src,
-                 workers=0)
+    run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("sees",), notebooks_dir=src)
     assert set(read_json(out / MANIFEST)["artefacts"]) == {"a", "b"}
     assert (out / "a.txt").read_text() == "committed"
 
@@ -313,7 +310,7 @@ def test_a_failing_notebook_leaves_every_file_as_it_was(committed) -> None:
     before = _snapshot(src, out)
     with pytest.raises(PipelineError, match="deliberate failure") as info:
         run_pipeline(COMMITTED_PROFILE, CPU, output_dir=out, notebooks=("b", "broken"),
-                     notebooks_dir=src, workers=0)
+                     notebooks_dir=src)
     assert _snapshot(src, out) == before  # b ran, but nothing was moved into place
     kept = Path(str(info.value).rsplit(" is ", 1)[1])
     assert kept.is_file() and kept.name == "broken.ipynb" and src not in kept.parents

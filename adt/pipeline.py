@@ -334,9 +334,10 @@ def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path,
 
 def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bool:
     """Run :func:`adt.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
-    ``data/runs``); returns whether it ran."""
+    ``data/runs``, the repository's own chapters: it prepares the runs *they* read);
+    returns whether it ran."""
     workers = (os.cpu_count() or 1) if workers is None else workers
-    if plan.runs_in_output or workers < 2:
+    if plan.runs_in_output or workers < 2 or plan.source.resolve() != _COMMITTED_NOTEBOOKS:
         return False
     from adt.prepare import prepare
     from adt.profiles import get_profile

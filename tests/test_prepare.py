@@ -89,3 +89,21 @@ def test_the_cpu_stage_is_the_command_lines_default_only() -> None:
     from adt.pipeline import run_pipeline
 
     assert inspect.signature(run_pipeline).parameters["workers"].default == 0
+
+
+def test_the_cpu_stage_prepares_for_the_repositorys_chapters_only(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Another folder of notebooks (a user's, a test's) reads none of the chapters' runs:
+    the stage must not train them first (on a fresh clone that is an hour)."""
+    import adt.prepare
+    from adt.pipeline import _prepare, plan_pipeline
+
+    calls: list[int] = []
+    monkeypatch.setattr(adt.prepare, "prepare", lambda *a, **k: calls.append(1) or {})
+    (tmp_path / "mine.ipynb").write_text("{}")
+    plan = plan_pipeline("quick", "cpu", tmp_path / "out", None, ("mine",), tmp_path)
+    assert _prepare(plan, workers=2, force_retrain=False) is False
+    assert calls == []
+    ours = plan_pipeline("quick", "cpu", tmp_path / "out", None, ("01_method",), None)
+    assert _prepare(ours, workers=2, force_retrain=False) is True
+    assert calls == [1]

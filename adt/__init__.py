@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str | tuple[str, str]] = {
     "METHODS": "adt.method.methods",
     "METHOD_REGISTRY": ("adt.method.methods", "REGISTRY"),
     "Method": "adt.method.methods",
+    "register_method": "adt.method.methods",
     "LABELS": "adt.method.methods",
     "MethodSettings": "adt.method.methods",
     "build_maximizer": "adt.method.methods",

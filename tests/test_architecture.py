@@ -46,7 +46,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
     {"core"}, {"method"}, {"config"}, {"training"}, {"evaluation"}, {"study", "artifact"})))
 SUBPACKAGES = frozenset().union(*LAYERS)
 #: The command lines documented as ``python -m adt.<name>``: top-level shims.
-SHIMS = {"train", "evaluate", "pipeline", "sweep", "bench", "tune"}
+SHIMS = {"train", "evaluate", "pipeline", "sweep", "bench", "tune", "prepare"}
 
 
 def _level(subpackage: str) -> int:

@@ -1,4 +1,4 @@
-"""adt.artifact.prepare: the runs the chapters need, trained and evaluated in worker processes, are
+"""adt.prepare: the runs the chapters need, trained and evaluated in worker processes, are
 exactly those the chapters then reuse (no training, no evaluation again)."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from adt.artifact.prepare import (
+    AM_METHODS,
     BUDGET_FACTOR,
     BUDGET_METHODS,
+    conditioning_variant,
     evaluation_jobs,
     prepare,
     training_jobs,
@@ -27,9 +29,13 @@ def test_the_jobs_are_every_method_and_seed_and_the_budget_check() -> None:
     jobs = training_jobs(quick)
     assert {(j.method, j.seed) for j in jobs if j.profile == quick} == {
         (m, s) for m in METHODS for s in quick.seeds}
-    long = [j for j in jobs if j.profile != quick]
-    assert {j.method for j in long} == set(BUDGET_METHODS)
-    assert all(j.profile == quick.with_budget(BUDGET_FACTOR) and j.seed == 0 for j in long)
+    long = [j for j in jobs if j.profile == quick.with_budget(BUDGET_FACTOR)]
+    assert {j.method for j in long} == set(BUDGET_METHODS) and all(j.seed == 0 for j in long)
+    variant = [j for j in jobs if j.profile == conditioning_variant(quick)]
+    assert {(j.method, j.seed) for j in variant} == {(m, s) for m in AM_METHODS for s in quick.seeds}
+    assert variant[0].profile.methods.am_conditioning == "raw"  # quick normalises
+    assert conditioning_variant(variant[0].profile).methods == quick.methods
+    assert len(jobs) == len(METHODS) * 3 + 2 + 2 * 3
     assert jobs[0].method == "adt_exp" and jobs[0].profile != quick  # longest first
     evals = evaluation_jobs(quick)
     assert sum(j.black_box for j in evals) == len(METHODS)  # the first seed of each
@@ -62,7 +68,7 @@ def test_prepared_runs_and_tables_are_reused_as_they_are(tmp_path: Path) -> None
                    if first else None)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # "... is not reused: ..." would fail here
-            warnings.filterwarnings("ignore", category=Warning, module="adt.evaluation.sanity")
+            warnings.filterwarnings("ignore", category=Warning, module="adt.sanity")
             evaluate_run(run, data, sources=sources, black_box=first, progress=False)
         assert (run.path / "eval.json").is_file()
 
@@ -73,3 +79,32 @@ def test_a_failing_job_is_reported_and_left_to_the_notebook(tmp_path: Path,
     prepare(profile, tmp_path, workers=2, methods=("standard",))
     out = capsys.readouterr().out
     assert "train Standard seed 0 failed" in out and "evaluate Standard seed 0 failed" in out
+
+
+def test_the_cpu_stage_is_the_command_lines_default_only() -> None:
+    """`make reproduce` (the command line) prepares the runs in workers by default; a
+    call of run_pipeline (tests, scripts) does not start training unless asked."""
+    import inspect
+
+    from adt.artifact.pipeline import run_pipeline
+
+    assert inspect.signature(run_pipeline).parameters["workers"].default == 0
+
+
+def test_the_cpu_stage_prepares_for_the_repositorys_chapters_only(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Another folder of notebooks (a user's, a test's) reads none of the chapters' runs:
+    the stage must not train them first (on a fresh clone that is an hour)."""
+    import adt.artifact.prepare
+    from adt.artifact.pipeline import _prepare
+    from adt.artifact.plan import plan_pipeline
+
+    calls: list[int] = []
+    monkeypatch.setattr(adt.artifact.prepare, "prepare", lambda *a, **k: calls.append(1) or {})
+    (tmp_path / "mine.ipynb").write_text("{}")
+    plan = plan_pipeline("quick", "cpu", tmp_path / "out", None, ("mine",), tmp_path)
+    assert _prepare(plan, workers=2, force_retrain=False) is False
+    assert calls == []
+    ours = plan_pipeline("quick", "cpu", tmp_path / "out", None, ("01_method",), None)
+    assert _prepare(ours, workers=2, force_retrain=False) is True
+    assert calls == [1]

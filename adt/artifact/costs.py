@@ -27,7 +27,7 @@ from adt.core._checks import check_choice, check_int_at_least
 from adt.core.data import DATASETS
 from adt.core.models import MODELS, build_model
 from adt.core.runtime import autocast, resolve_device
-from adt.method.methods import LABELS, METHODS, build_maximizer
+from adt.method.methods import LABELS, METHODS, REGISTRY, build_maximizer
 from adt.training.loop import train_step
 
 __all__ = ["time_train_steps", "cost_ratios", "reference_adt_exp_step", "MODEL_DATA", "check_counts",
@@ -210,7 +210,7 @@ def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
     check_counts(warmup, steps, repeats)
     order = list(dict.fromkeys([*methods, baseline]))
     for method in order:
-        check_choice(method, METHODS, "method")
+        check_choice(method, REGISTRY, "method")
     amp = functools.partial(autocast, dev, fast)
     step_of: dict[str, Callable[[], Any]] = {}
     for method in order:

@@ -29,7 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adt.artifact.plan import DEVICES, NOTEBOOKS, PipelinePlan, plan_pipeline
+from adt.artifact.plan import (
+    COMMITTED_NOTEBOOKS,
+    DEVICES,
+    NOTEBOOKS,
+    PipelinePlan,
+    plan_pipeline,
+)
 from adt.config.provenance import (
     COMMITTED_PROFILE,
     MANIFEST,
@@ -238,9 +244,10 @@ def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path,
 
 def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bool:
     """Run :func:`adt.artifact.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
-    ``data/runs``); returns whether it ran."""
+    ``data/runs``, the repository's own chapters: it prepares the runs *they* read);
+    returns whether it ran."""
     workers = (os.cpu_count() or 1) if workers is None else workers
-    if plan.runs_in_output or workers < 2:
+    if plan.runs_in_output or workers < 2 or plan.source.resolve() != COMMITTED_NOTEBOOKS:
         return False
     from adt.artifact.prepare import prepare
     from adt.config.profiles import get_profile
@@ -261,7 +268,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
                  force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
                  log_output: bool = False, notebooks_dir: str | Path | None = None,
-                 workers: int | None = None) -> Path:
+                 workers: int | None = 0) -> Path:
     """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
     and, once all have succeeded, move their results into place (:func:`plan_pipeline`
     says where); return the path of the merged manifest. A failing cell raises
@@ -269,8 +276,9 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     moved into place.
 
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
-    one-thread processes (default: one per core; 0 or 1: none) by :mod:`adt.artifact.prepare`;
-    the notebooks then reuse them."""
+    one-thread processes by :mod:`adt.artifact.prepare` (None: one per core, what the
+    command line asks for by default; 0 or 1, the default here: none); the notebooks then
+    reuse them."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
         if _prepare(plan, workers, force_retrain):

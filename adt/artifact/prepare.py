@@ -10,12 +10,13 @@ here").
 
 The jobs are those the chapters ask for, in the same form, so the stored results match:
 
-- training: every method x seed of the profile, and the budget check's runs of chapter 6
-  (:data:`BUDGET_METHODS`, the first seed, :meth:`Profile.with_budget` ``(2)``);
+- training: every method x seed of the profile, the budget check's runs of chapter 6
+  (:data:`BUDGET_METHODS`, the first seed, :meth:`Profile.with_budget` ``(2)``), and
+  chapter 3's amortised runs with the other generator input (:func:`conditioning_variant`);
 - evaluation: :meth:`adt.artifact.report.Context.evaluate`'s tables (black-box rows for the first
   seed, sources in :data:`adt.method.methods.METHODS` order), the original-AutoAttack reference
-  of each (:func:`adt.evaluation.stored.full_autoattack_survivors`), and the budget runs' white-box
-  tables.
+  of each (:func:`adt.evaluation.stored.full_autoattack_survivors`), and the white-box tables of the
+  budget runs and of the conditioning variants.
 
 Longest jobs start first. A job that fails is reported and left to the notebook, which
 then runs it itself.
@@ -36,12 +37,22 @@ from typing import Any
 from adt.config.profiles import Profile
 from adt.method.methods import LABELS, METHODS
 
-__all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
-           "evaluation_jobs", "prepare"]
+__all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "AM_METHODS", "conditioning_variant", "TrainJob",
+           "EvalJob", "training_jobs", "evaluation_jobs", "prepare", "worker_throughput", "main"]
 
 #: The methods and the factor of chapter 6's budget check (the "stable under budget" gate).
 BUDGET_METHODS = ("pgd_at", "adt_exp")
 BUDGET_FACTOR = 2
+#: The amortised methods, which chapter 3 also trains with the other generator input.
+AM_METHODS = ("adt_exp_am", "adt_imp_am")
+
+
+def conditioning_variant(profile: Profile) -> Profile:
+    """``profile`` with the amortised generators fed the other input (ledger row b): the
+    raw input gradients (the release's) where the profile normalises them, and the other
+    way round. Chapter 3 compares the two on every seed."""
+    other = "raw" if profile.methods.am_conditioning == "normalised" else "normalised"
+    return profile.replace(methods={"am_conditioning": other})
 
 
 @dataclass(frozen=True)
@@ -54,11 +65,13 @@ class TrainJob:
 
     @property
     def cost(self) -> float:
-        """Relative cost: epochs x the inner maximisation's forward-backward passes."""
-        s = self.profile.methods
-        passes = {"standard": 1, "pgd_at": s.pgd_steps, "trades": s.trades_steps,
-                  "adt_exp": s.adt_steps * s.adt_num_samples}.get(self.method, 3)
-        return self.profile.recipe.epochs * (1 + passes)
+        """Relative cost: epochs x the maximiser's classifier passes per image."""
+        from adt.core.data import DATASETS
+        from adt.method.methods import build_maximizer
+
+        p = self.profile
+        maximizer = build_maximizer(self.method, p.methods, DATASETS[p.dataset], p.train_epsilon)
+        return p.recipe.epochs * maximizer.passes_per_image
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ def training_jobs(profile: Profile, methods: Sequence[str] = METHODS) -> list[Tr
     jobs = [TrainJob(profile, m, s) for m in methods for s in profile.seeds]
     long = profile.with_budget(BUDGET_FACTOR)
     jobs += [TrainJob(long, m, profile.seeds[0]) for m in BUDGET_METHODS if m in methods]
+    variant = conditioning_variant(profile)
+    jobs += [TrainJob(variant, m, s) for m in AM_METHODS if m in methods for s in profile.seeds]
     return sorted(jobs, key=lambda j: -j.cost)
 
 
@@ -92,6 +107,9 @@ def evaluation_jobs(profile: Profile, methods: Sequence[str] = METHODS) -> list[
     long = profile.with_budget(BUDGET_FACTOR)
     jobs += [EvalJob(long, m, first, False, False, tuple(methods)) for m in BUDGET_METHODS
              if m in methods]
+    variant = conditioning_variant(profile)
+    jobs += [EvalJob(variant, m, s, False, False, tuple(methods)) for m in AM_METHODS
+             if m in methods for s in profile.seeds]
     return sorted(jobs, key=lambda j: (not j.black_box, j.method != "adt_exp"))
 
 
@@ -102,19 +120,26 @@ def _one_thread() -> None:
     warnings.filterwarnings("ignore")  # the notebooks show the checks as data
 
 
-def _run(profile: Profile, method: str, seed: int, runs_root: str, force: bool = False) -> Any:
+def _data(profile: Profile) -> Any:
     from adt.config.provenance import REPO_ROOT
     from adt.core.data import load_dataset
-    from adt.training.loop import train
 
-    data = load_dataset(profile.dataset, root=REPO_ROOT / "data", device="cpu")
-    return train(profile, method, seed, data=data, device="cpu", runs_root=runs_root,
-                 force_retrain=force, progress=False), data
+    return load_dataset(profile.dataset, root=REPO_ROOT / "data", device="cpu")
+
+
+def _finished(profile: Profile, method: str, seed: int, runs_root: str) -> Any:
+    """A trained run, read without its lock: two workers may read the same source model."""
+    from adt.training.modules import load_run
+
+    return load_run(profile, method, seed, device="cpu", runs_root=runs_root)
 
 
 def _train(job: TrainJob, runs_root: str, force: bool) -> str:
+    from adt.training.loop import train
+
     started = time.perf_counter()
-    _run(job.profile, job.method, job.seed, runs_root, force)
+    train(job.profile, job.method, job.seed, data=_data(job.profile), device="cpu",
+          runs_root=runs_root, force_retrain=force, progress=False)
     return (f"trained {LABELS[job.method]} seed {job.seed}, {job.profile.recipe.epochs} "
             f"epochs ({time.perf_counter() - started:.0f} s)")
 
@@ -123,17 +148,17 @@ def _evaluate(job: EvalJob, runs_root: str, force: bool) -> str:
     from adt.evaluation.stored import evaluate_run, full_autoattack_survivors
 
     started = time.perf_counter()
-    run, data = _run(job.profile, job.method, job.seed, runs_root)
+    run, data = _finished(job.profile, job.method, job.seed, runs_root), _data(job.profile)
     sources = None
     if job.black_box:
-        sources = {LABELS[o]: _run(job.profile, o, job.seed, runs_root)[0].model
+        sources = {LABELS[o]: _finished(job.profile, o, job.seed, runs_root).model
                    for o in job.methods if o != job.method}
     table = evaluate_run(run, data, sources=sources, black_box=job.black_box, force=force,
                          progress=False)
     if job.reference:
         full_autoattack_survivors(run, table, data, force=force, progress=False)
-    return (f"evaluated {LABELS[job.method]} seed {job.seed}"
-            f"{' (black-box rows)' if job.black_box else ''} "
+    return (f"evaluated {LABELS[job.method]} seed {job.seed}, {job.profile.recipe.epochs} "
+            f"epochs{' (black-box rows)' if job.black_box else ''} "
             f"({time.perf_counter() - started:.0f} s)")
 
 
@@ -159,3 +184,71 @@ def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
                           f"failed: {type(err).__name__}: {err}", flush=True)
         seconds[stage] = round(time.perf_counter() - started, 1)
     return seconds
+
+
+def _images_per_second(profile: Profile, method: str, steps: int) -> float:
+    from adt.artifact.costs import time_train_steps
+
+    row = time_train_steps(profile, (method,), batch_size=profile.recipe.batch_size_for(method),
+                           device="cpu", warmup=2, steps=steps, repeats=1, reference=False)[0]
+    return float(row["images_per_second"])
+
+
+def worker_throughput(profile: Profile, method: str = "pgd_at", workers: int | None = None,
+                      steps: int = 20, repeats: int = 3) -> dict[str, Any]:
+    """Training images per second of ``method`` on this CPU (random data of the profile's
+    shapes): one process on ``workers`` threads, against ``workers`` one-thread processes
+    stepping at once (their sum), alternated ``repeats`` times."""
+    import torch
+
+    workers = workers or os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    one, many = [], []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        for _ in range(repeats):
+            torch.set_num_threads(workers)
+            one.append(_images_per_second(profile, method, steps))
+            many.append(sum(pool.map(_images_per_second, [profile] * workers,
+                                     [method] * workers, [steps] * workers)))
+    torch.set_num_threads(threads)
+    return {"profile": profile.name, "method": method, "workers": workers, "steps": steps,
+            "one_process_images_per_s": one, "workers_images_per_s": many,
+            "speedup": [b / a for a, b in zip(one, many, strict=True)]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from adt.config.profiles import PROFILES, get_profile
+
+    parser = argparse.ArgumentParser(prog="python -m adt.prepare", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
+    parser.add_argument("--workers", type=int, default=None, help="default: one per core")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure the speed-up of one-thread workers (writes "
+                             "benchmarks/workers-<profile>.json) instead of preparing the runs")
+    parser.add_argument("--runs-root", default="data/runs")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    if args.measure:
+        result = worker_throughput(profile, workers=args.workers)
+        print(f"{result['method']}: one process on {result['workers']} threads "
+              + ", ".join(f"{v:.0f}" for v in result["one_process_images_per_s"])
+              + f" images/s; {result['workers']} one-thread processes "
+              + ", ".join(f"{v:.0f}" for v in result["workers_images_per_s"])
+              + " images/s; speed-up " + ", ".join(f"{v:.2f}x" for v in result["speedup"]))
+        out = Path("benchmarks") / f"workers-{profile.name}.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
+    print(prepare(profile, args.runs_root, args.workers))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -242,7 +242,7 @@ class Context:
         return path
 
     def save_result(self, name: str, values: dict[str, Any], *, caption: str,
-                    runs: Sequence[Run | Path] = (), n_examples: int | None = None) -> Path:
+                    runs: Sequence[Run | Path] = (), n_examples: int | None = None) -> None:
         """Save a chapter's computed values (JSON under ``results/``) for a later chapter to
         read with :meth:`load_result` instead of computing them again, and list them in
         the manifest."""
@@ -250,7 +250,6 @@ class Context:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(values, path)
         self._record(name, [path], "result", runs, caption, n_examples, None)
-        return path
 
     def load_result(self, name: str) -> dict[str, Any]:
         """The values another chapter saved with :meth:`save_result`; raises naming the

@@ -30,7 +30,7 @@ from adt.core._checks import (
 )
 from adt.core.data import DATASETS
 from adt.core.models import MODELS
-from adt.method.methods import METHODS, MethodSettings
+from adt.method.methods import REGISTRY, MethodSettings
 
 __all__ = ["Recipe", "EvalSettings", "Profile", "PROFILES", "get_profile"]
 
@@ -94,7 +94,7 @@ class Recipe:
                              f"learning-rate decay (lr_milestones={self.lr_milestones}); "
                              "warm up for at most that many epochs")
         for method, batch in self.batch_size_overrides.items():
-            check_choice(method, METHODS, "method in batch_size_overrides")
+            check_choice(method, REGISTRY, "method in batch_size_overrides")
             check_int_at_least(batch, 1, f"batch_size_overrides[{method!r}]", "128")
 
     def batch_size_for(self, method: str) -> int:

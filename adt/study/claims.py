@@ -20,7 +20,8 @@ from adt.study.stats import Comparison, Interval, paired_comparison, seed_summar
 from adt.study.verdicts import GATED_VERDICTS, verdict_category
 
 __all__ = ["A_ROB", "curvature_comparison", "format_log_ratio", "per_example",
-           "white_box_columns", "format_cell", "seed_rows", "compare_methods", "equivalence_verdict", "Claim", "format_effect", "claims_markdown"]
+           "white_box_columns", "format_cell", "seed_rows", "compare_methods",
+           "equivalence_verdict", "Claim", "format_effect", "claims_markdown"]
 
 #: The column name of the per-example worst case over clean and white-box rows.
 A_ROB = "A_rob"

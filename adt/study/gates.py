@@ -93,7 +93,7 @@ CONVERGED_MIN_CLEAN = 0.5
 #: numbers at epsilon 0.3 (60,000 training images, tens of epochs; Croce & Hein 2020):
 #: AutoAttack leaves 88.43 % for Madry et al.'s PGD-AT and 92.76 % for TRADES. The floor is
 #: lowered by about 13 points for this artifact's proxy (4,000 training images, a small
-#: CNN, 5-8 epochs); a PGD-AT below it is a weak baseline, and beating it says little.
+#: CNN, 8 epochs); a PGD-AT below it is a weak baseline, and beating it says little.
 BASELINE_FLOOR = 0.75
 #: TRADES must reach 0.8 x PGD-AT's AutoAttack accuracy: published, TRADES is above PGD-AT
 #: on MNIST (92.76 / 88.43 = 1.05); 20 % below it leaves room for the proxy's short

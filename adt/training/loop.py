@@ -36,7 +36,7 @@ from adt.core.data import ImageDataset, load_dataset
 from adt.core.primitives import correct_predictions
 from adt.core.runtime import autocast, resolve_device
 from adt.method.inner import PGD, InnerMaximizer
-from adt.method.methods import LABELS, METHODS
+from adt.method.methods import LABELS, REGISTRY
 from adt.training import distributed as ddp
 from adt.training.modules import restore_run, seed_everything
 from adt.training.runs import (
@@ -187,7 +187,7 @@ def train(profile: str | Profile, method: str, seed: int = 0, *,
     folder, monitors and writes; the others return a Run without the last metrics.
     """
     profile = get_profile(profile)
-    check_choice(method, METHODS, "method")
+    check_choice(method, REGISTRY, "method")
     seed = check_int_at_least(seed, 0, "seed", "0")
     ctx = ddp.current()
     device = resolve_device(device if device is not None else profile.device)
@@ -312,7 +312,7 @@ def _override_help() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     profiles = "\n".join(f"  {n:8s} {p.description}" for n, p in PROFILES.items())
-    methods = "\n".join(f"  {m:11s} {LABELS[m]}" for m in METHODS)
+    methods = "\n".join(f"  {m:11s} {LABELS[m]}" for m in REGISTRY)
     parser = argparse.ArgumentParser(
         prog="python -m adt.train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one (method, seed) of a profile (Algorithm 1), or resume it. "
@@ -322,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
                f"values as Python literals):\n{_override_help()}\n\nexample:\n  python -m "
                "adt.train --profile quick --method adt_exp --seed 1 recipe.epochs=2")
     parser.add_argument("--profile", required=True, choices=list(PROFILES))
-    parser.add_argument("--method", required=True, choices=list(METHODS))
+    parser.add_argument("--method", required=True, choices=list(REGISTRY))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT),
                         help="where the run folder goes (default: %(default)s)")

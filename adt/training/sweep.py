@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adt.config.profiles import PROFILES, Profile, get_profile
-from adt.method.methods import METHODS
+from adt.method.methods import METHODS, REGISTRY
 from adt.training.loop import parse_overrides
 from adt.training.runs import DEFAULT_RUNS_ROOT, LOCK, METRICS, profile_folder, run_dir
 
@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Overrides (FIELD=VALUE) are passed to every `python -m adt.train`; see its "
                "--help. A run that is training already (its folder is locked) is left alone.")
     parser.add_argument("--profile", required=True, choices=list(PROFILES))
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+    parser.add_argument("--methods", nargs="+", choices=list(REGISTRY), default=list(METHODS),
                         help="default: every method")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="default: the profile's seeds")

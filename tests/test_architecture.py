@@ -3,10 +3,11 @@
 The subpackages of ``adt`` read as the paper's pipeline, from the bottom up::
 
     core        argument checks, files, runtime, datasets, models, losses and the l_inf ball
-    method      the tanh-Gaussian, the inner maximisers, the methods by name
+    method | attack    side by side: the tanh-Gaussian, the inner maximisers, the methods by
+                       name | the attack functions, a table's row, the protocol's catalogue
     config      profiles (named settings), provenance (output folders, manifest; no torch)
     training    Algorithm 1, run folders and checkpoints, resume, DDP, sweeps
-    evaluation  attacks, protocol, robustness table and its checks, engine, stored tables
+    evaluation  protocol, robustness table and its checks, engine, stored tables
     study | artifact   side by side: statistics, gates, claims, analyses, figures, tuning |
                        the notebooks' context, the papermill batch, benchmarks
 
@@ -43,7 +44,7 @@ PACKAGE = ROOT / "adt"
 
 #: The subpackages from the bottom up; a set holds neighbours on one level.
 LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
-    {"core"}, {"method"}, {"config"}, {"training"}, {"evaluation"}, {"study", "artifact"})))
+    {"core"}, {"method", "attack"}, {"config"}, {"training"}, {"evaluation"}, {"study", "artifact"})))
 SUBPACKAGES = frozenset().union(*LAYERS)
 #: The command lines documented as ``python -m adt.<name>``: top-level shims.
 SHIMS = {"train", "evaluate", "pipeline", "sweep", "bench", "tune", "prepare"}
@@ -172,7 +173,8 @@ def test_every_module_lives_in_a_layer_or_is_a_shim() -> None:
              "method.distributions", "method.inner", "method.explicit", "method.amortized",
              "method.methods", "config.profiles", "config.provenance", "training.loop",
              "training.runs", "training.modules", "training.distributed", "training.sweep",
-             "evaluation.attacks", "evaluation.protocol", "evaluation.checks",
+             "attack.functions", "attack.spec", "attack.catalogue", "evaluation.protocol",
+             "evaluation.checks",
              "evaluation.sanity", "evaluation.table", "evaluation.engine", "evaluation.stored",
              "evaluation.cli", "evaluation.checkpoints", "study.stats", "study.verdicts",
              "study.evidence", "study.gates", "study.claims", "study.analysis", "study.plots",
@@ -213,9 +215,10 @@ def test_no_module_is_over_400_lines() -> None:
 
 def test_inner_maximisers_and_attacks_are_independent() -> None:
     maximisers = {"method.inner", "method.explicit", "method.amortized"}
-    assert "evaluation.attacks" not in set().union(*(GRAPH[m] for m in maximisers))
-    assert not GRAPH["evaluation.attacks"] & maximisers
-    assert not GRAPH["study.analysis"] & (maximisers | {"evaluation.attacks"})
+    attacks = {"attack.functions", "attack.spec", "attack.catalogue"}
+    assert not attacks & set().union(*(GRAPH[m] for m in maximisers))
+    assert not set().union(*(GRAPH[a] for a in attacks)) & maximisers
+    assert not GRAPH["study.analysis"] & (maximisers | attacks)
     assert "method.inner" in GRAPH["training.loop"]
 
 

@@ -12,18 +12,13 @@ import torch
 from conftest import Quantized, Recorder, trained_small_cnn
 from torch import nn
 
+from adt.attack.functions import fgsm, mim, pgd
+from adt.attack.spec import CLEAN, AttackSpec
 from adt.config.profiles import EvalSettings, get_profile
 from adt.evaluation import stored as evaluate
-from adt.evaluation.attacks import fgsm, mim, pgd
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import robustness_table
-from adt.evaluation.protocol import (
-    CLEAN,
-    AttackSpec,
-    black_box_attacks,
-    standard_attacks,
-    white_box_attacks,
-)
+from adt.evaluation.protocol import black_box_attacks, standard_attacks, white_box_attacks
 from adt.evaluation.sanity import GradientMaskingError, GradientMaskingWarning, run_checks
 from adt.evaluation.stored import eval_path, evaluate_run
 from adt.evaluation.table import RobustnessTable, load_table

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from conftest import trained_small_cnn
 from torch import nn
 
+from adt.attack.functions import _other_class_targets, fea_attack
 from adt.config.profiles import Recipe, get_profile
 from adt.core.models import Encoder, Generator, NoiseMap
-from adt.evaluation.attacks import _other_class_targets, fea_attack
 from adt.method.amortized import AmortizedExplicitADT, AmortizedImplicitADT
 from adt.method.explicit import ExplicitADT
 from adt.method.methods import MethodSettings

@@ -20,11 +20,12 @@ import pytest
 import torch
 from helpers_data import write_cifar10, write_idx_dataset
 
+from adt.attack.spec import AttackSpec
 from adt.config.profiles import get_profile
 from adt.core.data import load_dataset
 from adt.core.models import PreActResNet18, WideResNet
 from adt.evaluation.engine import robustness_table
-from adt.evaluation.protocol import AttackSpec, white_box_attacks
+from adt.evaluation.protocol import white_box_attacks
 from adt.method.methods import METHODS
 from adt.training.loop import train
 

@@ -29,6 +29,8 @@ from conftest import recording_notebook, synthetic_notebook, trained_small_cnn
 from adt.artifact import bench, costs, pipeline, plan
 from adt.artifact.pipeline import PipelineError, run_pipeline
 from adt.artifact.plan import plan_pipeline
+from adt.attack.functions import pgd
+from adt.attack.spec import CLEAN
 from adt.config.profiles import PROFILES, get_profile
 from adt.config.provenance import (
     COMMITTED_PROFILE,
@@ -43,9 +45,7 @@ from adt.core.data import ImageDataset, load_dataset
 from adt.core.io import read_json, write_json
 from adt.core.primitives import check_batch
 from adt.evaluation import stored as evaluate
-from adt.evaluation.attacks import pgd
 from adt.evaluation.engine import robustness_table
-from adt.evaluation.protocol import CLEAN
 from adt.evaluation.sanity import GradientMaskingWarning
 from adt.evaluation.stored import evaluate_run, run_fingerprint
 from adt.evaluation.table import load_table

@@ -8,13 +8,12 @@ import torch
 from conftest import trained_small_cnn
 from torch import nn
 
+from adt.attack.functions import autoattack, autoattack_parts, fgsm
+from adt.attack.spec import CLEAN, AttackSpec
 from adt.config.profiles import EvalSettings
-from adt.evaluation.attacks import autoattack, autoattack_parts, fgsm
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import RandomizedModelError, robustness_table
 from adt.evaluation.protocol import (
-    CLEAN,
-    AttackSpec,
     autoattack_specs,
     describe_protocol,
     full_autoattack,

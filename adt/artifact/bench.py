@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from adt.artifact.costs import check_counts, random_classifier_batch, time_call, time_train_steps
+from adt.attack.functions import pgd
 from adt.config.profiles import PROFILES, Profile, get_profile
 from adt.core._checks import check_choice, check_int_at_least
 from adt.core.models import MODELS
 from adt.core.runtime import eval_mode, resolve_device
-from adt.evaluation.attacks import pgd
 
 __all__ = ["benchmark_training", "benchmark_attacks", "format_table", "main"]
 
@@ -38,7 +38,7 @@ __all__ = ["benchmark_training", "benchmark_attacks", "format_table", "main"]
 def benchmark_attacks(model_name: str = "small_cnn", *, batch_size: int = 256,
                       steps: int = 20, device: str | torch.device = "auto", warmup: int = 1,
                       repeats: int = 3, profile: Profile | None = None) -> dict[str, Any]:
-    """Images/s of PGD-``steps`` with :func:`adt.evaluation.attacks.pgd` and torchattacks' PGD, same model."""
+    """Images/s of PGD-``steps`` with :func:`adt.attack.functions.pgd` and torchattacks' PGD, same model."""
     import torchattacks
 
     check_choice(model_name, MODELS, "model")

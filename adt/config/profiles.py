@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from adt.attack.catalogue import ATTACK_SETTINGS, check_settings
 from adt.core._checks import (
     check_choice,
     check_epsilon,
@@ -102,34 +103,21 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """The evaluation protocol (REPRODUCTION.md, "Evaluation protocol"), sized per profile."""
+class EvalSettings(*ATTACK_SETTINGS):
+    """The evaluation protocol (REPRODUCTION.md, "Evaluation protocol"), sized per profile.
+
+    Built from the settings of each attack of the protocol (their fields are inherited from
+    :data:`adt.attack.catalogue.ATTACK_SETTINGS`: ``pgd_steps``, ``step_fraction``,
+    ``mim_steps``, ``cw_steps``, ``cw_kappa``, ``fea_*``, ``autoattack*``,
+    ``square_queries``, ``spsa_*``), and these, shared by every table and figure.
+    """
 
     n_examples: int = 10_000
     batch_size: int = 200
-    step_fraction: float = 0.25  # PGD/MIM/C&W step = epsilon / 4 (2/255 at 8/255)
-    pgd_steps: tuple[int, ...] = (20, 100)
-    mim_steps: int = 20
-    cw_steps: int = 30
-    cw_kappa: float = 50.0
-    fea_steps: int = 50
-    fea_step_fraction: float = 0.125  # 1/255 at 8/255
-    fea_targets: int = 200  # target images (of other labels, drawn with replacement) per example
-    # AutoAttack: its gradient attacks ("standard": APGD-CE, APGD-T, FAB-T; "cheap": no
-    # FAB-T), then Square on their survivors
-    autoattack: str = "standard"
-    autoattack_steps: int = 100
-    autoattack_targets: int = 9
-    square_queries: int = 5000
     # also run the original AutoAttack on seed 0 and report the gap to it (CPU profiles
     # whose AutoAttack is cheaper than the original)
     full_autoattack_reference: bool = False
     full_autoattack_examples: int = 10_000  # the reference runs on survivors among these
-    spsa_examples: int = 1000
-    spsa_iterations: int = 100
-    spsa_samples: int = 256
-    spsa_lr: float = 0.01  # the paper's at 8/255; scale it with epsilon on other datasets
-    spsa_delta: float = 1e-3
     sanity_restarts: int = 5
     # dense where robust models' accuracy falls fastest (around and just above epsilon)
     curve_epsilon_multipliers: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0,
@@ -143,29 +131,22 @@ class EvalSettings:
     surface_scale: float = 2.0
     hessian_iterations: int = 20
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_int_at_least(self.n_examples, 1, "n_examples", "1000")
         check_int_at_least(self.batch_size, 1, "eval batch_size", "200")
-        check_choice(self.autoattack, ("standard", "cheap"), "autoattack version")
-        check_int_at_least(self.autoattack_steps, 1, "autoattack_steps", "100")
-        check_int_at_least(self.autoattack_targets, 1, "autoattack_targets", "9")
-        check_int_at_least(self.square_queries, 1, "square_queries", "5000")
-        for steps in (*self.pgd_steps, self.mim_steps, self.cw_steps, self.fea_steps,
-                      *self.curve_steps):
-            check_int_at_least(steps, 1, "attack steps", "20")
-        for name, example in (("step_fraction", "0.25"), ("fea_step_fraction", "0.125"),
-                              ("surface_scale", "2.0"),
-                              ("cw_kappa", "50"), ("spsa_lr", "0.01"), ("spsa_delta", "1e-3")):
-            check_positive(getattr(self, name), name, example)
-        for name, example in (("fea_targets", "200"), ("spsa_examples", "1000"),
-                              ("spsa_iterations", "100"), ("spsa_samples", "256"),
-                              ("sanity_restarts", "5"), ("figure_examples", "100"),
+        for steps in self.curve_steps:
+            check_int_at_least(steps, 1, "curve_steps", "20")
+        check_positive(self.surface_scale, "surface_scale", "2.0")
+        for name, example in (("sanity_restarts", "5"), ("figure_examples", "100"),
                               ("full_autoattack_examples", "200"),
                               ("figure_samples", "100"), ("surface_grid", "41"),
                               ("hessian_iterations", "20")):
             check_int_at_least(getattr(self, name), 1, name, example)
         for multiplier in self.curve_epsilon_multipliers:
             check_positive(multiplier, "curve_epsilon_multipliers entry", "1.0")
+
+    def __post_init__(self) -> None:
+        check_settings(self)  # every attack's checks, then these
 
 
 @dataclass(frozen=True)

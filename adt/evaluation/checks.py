@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from adt.attack.functions import pgd, with_restarts
+from adt.attack.spec import AttackSpec, pgd_spec
 from adt.config.profiles import EvalSettings
 from adt.core._checks import check_epsilon, check_int_at_least, check_positive
-from adt.evaluation.attacks import pgd, with_restarts
-from adt.evaluation.protocol import AttackSpec, pgd_spec
 
 __all__ = ["SanityChecks", "CheckResult"]
 

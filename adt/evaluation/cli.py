@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
+from adt.attack.spec import AttackSpec
 from adt.config.profiles import PROFILES, EvalSettings, get_profile
 from adt.core.data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from adt.core.runtime import resolve_device
 from adt.evaluation.checkpoints import LoadedCheckpoint, load_checkpoint, released_models
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import robustness_table
-from adt.evaluation.protocol import AttackSpec, standard_attacks
+from adt.evaluation.protocol import standard_attacks
 from adt.evaluation.stored import reusable_table, table_config
 from adt.evaluation.table import RobustnessTable
 from adt.training.runs import state_hash
@@ -135,9 +136,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--checkpoint", required=True,
                         help="a .pt file (e.g. data/release/adt_exp.pt) or a run folder")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS))
+    rows = [s.name for s in checkpoint_attacks(EvalSettings(), 8 / 255, 10)]
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
-                        help="rows to run, by name (default: all: Clean, FGSM, PGD-20, PGD-100, "
-                             "MIM, C&W, FeaAttack, AutoAttack, SPSA)")
+                        help=f"rows to run, by name (default: all: {', '.join(rows)})")
     parser.add_argument("--examples", type=int, default=None,
                         help="first N test images (default: the protocol's, at most the split)")
     parser.add_argument("--epsilon", type=_epsilon, default=None,

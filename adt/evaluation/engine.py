@@ -1,7 +1,7 @@
 """The evaluation engine: attacks any classifier with a protocol and fills its
 robustness table.
 
-:func:`robustness_table` runs a list of :class:`~adt.evaluation.protocol.AttackSpec` on the
+:func:`robustness_table` runs a list of :class:`~adt.attack.spec.AttackSpec` on the
 first ``n`` test examples (eval mode, batched, on the model's device, bf16 autocast on
 CUDA), plus the extra runs of the sanity checks (:mod:`adt.evaluation.sanity`), and returns
 a :class:`~adt.evaluation.table.RobustnessTable` whose per-example correctness matrix every
@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from adt.attack.spec import CLEAN, AttackSpec, pgd_spec
 from adt.core._checks import check_int_at_least
 from adt.core.data import ImageDataset, to_float
 from adt.core.primitives import check_batch, correct_predictions
 from adt.core.runtime import autocast as bf16_autocast
 from adt.core.runtime import device_of, isolated_rng, preserved_modes
 from adt.evaluation.checks import SanityChecks
-from adt.evaluation.protocol import CLEAN, AttackSpec, pgd_spec
 from adt.evaluation.sanity import report, run_checks
 from adt.evaluation.table import RobustnessTable
 

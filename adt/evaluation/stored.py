@@ -15,20 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from adt.attack.spec import CLEAN, AttackSpec, plain
 from adt.config.profiles import Profile
 from adt.core._checks import check_int_at_least
 from adt.core.data import DATASETS, ImageDataset, load_dataset
 from adt.core.runtime import device_of
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import evaluation_examples, robustness_table
-from adt.evaluation.protocol import (
-    CLEAN,
-    AttackSpec,
-    full_autoattack,
-    plain,
-    standard_attacks,
-    white_box_attacks,
-)
+from adt.evaluation.protocol import full_autoattack, standard_attacks, white_box_attacks
 from adt.evaluation.sanity import report
 from adt.evaluation.table import EVAL_FILE, RobustnessTable, load_table
 from adt.training.runs import (

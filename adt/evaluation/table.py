@@ -42,7 +42,7 @@ def _crafting_attack(spec: Mapping[str, Any]) -> str | None:
 class RobustnessTable:
     """Rows of attacks, their per-example correctness, and the sanity checks.
 
-    ``specs`` are the rows' :meth:`~adt.evaluation.protocol.AttackSpec.describe` dicts; only the
+    ``specs`` are the rows' :meth:`~adt.attack.spec.AttackSpec.describe` dicts; only the
     first ``n_evaluated[i]`` entries of row i are measured (black-box rows may cover a
     prefix), the rest are False. ``sanity`` and ``roles`` are the checks' settings and the
     row that plays each of their roles; ``checks`` their results.

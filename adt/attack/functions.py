@@ -199,7 +199,7 @@ def with_restarts(attack: Attack, restarts: int, *, loss_fn: Loss = ce_per_examp
     check_int_at_least(restarts, 1, "restarts", "5")
     if not callable(attack):
         raise ValueError(f"attack={attack!r} is not callable; pass an attack function such as "
-                         "adt.evaluation.attacks.pgd")
+                         "adt.attack.functions.pgd")
 
     def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,8 +356,8 @@ def transfer(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
     on its device, returned on the target model's device to be scored there. The target
     model's gradients are never used."""
     if not callable(attack):
-        raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.evaluation.attacks.pgd or "
-                         "adt.evaluation.attacks.mim")
+        raise ValueError(f"attack={attack!r} is not callable; pass e.g. adt.attack.functions.pgd or "
+                         "adt.attack.functions.mim")
     check_batch(x, y)
     source_device = device_of(source_model, x.device)
     with preserved_modes(source_model):

@@ -186,7 +186,7 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
 def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
                 baseline: str = "pgd_at", batch_size: int = 64, repeats: int = 5,
                 steps: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
-                model_name: str | None = None) -> dict[str, list[float]]:
+                model_name: str | None = None, threads: int | None = 1) -> dict[str, list[float]]:
     """A controlled cost benchmark for the cost claims: per repetition, the ratio of each
     method's per-image training-step time to ``baseline``'s in the same repetition.
 
@@ -198,7 +198,9 @@ def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
     taken within a repetition. Returns method -> ``repeats`` ratios (``baseline``'s are
     exactly 1; it is timed even when not in ``methods``); :func:`adt.study.gates.cost_measured`
     judges whether the repetitions agree. The fast path (bf16 autocast, channels_last) is
-    on for CUDA as in the trainer.
+    on for CUDA as in the trainer. On a CPU the steps run on ``threads`` threads (None: as
+    set): at one, the machine's other work (the notebook's kernel, the launcher) lands on
+    the other cores rather than inside a timed step.
     """
     if isinstance(profile, str):
         profile = get_profile(profile)
@@ -224,11 +226,18 @@ def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
         for _ in range(warmup):
             step_of[method]()
     ratios: dict[str, list[float]] = {m: [] for m in order}
-    for rep in range(repeats):
-        shift = rep % len(order)
-        seconds = {m: time_call(step_of[m], dev, 0, steps, 1) for m in order[shift:] + order[:shift]}
-        for m in order:  # the same batch for every method: the per-image ratio is this one
-            ratios[m].append(seconds[m] / seconds[baseline])
+    before = torch.get_num_threads()
+    if threads is not None and dev.type == "cpu":
+        torch.set_num_threads(check_int_at_least(threads, 1, "threads", "1"))
+    try:
+        for rep in range(repeats):
+            shift = rep % len(order)
+            seconds = {m: time_call(step_of[m], dev, 0, steps, 1)
+                       for m in order[shift:] + order[:shift]}
+            for m in order:  # the same batch for every method: the per-image ratio is this one
+                ratios[m].append(seconds[m] / seconds[baseline])
+    finally:
+        torch.set_num_threads(before)
     return {m: ratios[m] for m in order}
 
 

@@ -30,7 +30,7 @@ from adt.method.explicit import ExplicitADT
 from adt.method.inner import PGD, TRADES, Clean, InnerMaximizer
 
 __all__ = ["Method", "REGISTRY", "METHODS", "LABELS", "METHOD_COLORS", "MethodSettings",
-           "NoSettings", "PGDSettings", "TRADESSettings", "ExplicitSettings",
+           "NoSettings", "PGDSettings", "TRADESSettings", "ExplicitSettings", "GeneratorSettings",
            "AmortizedExplicitSettings", "AmortizedImplicitSettings", "register_method",
            "build_maximizer"]
 
@@ -94,42 +94,45 @@ class ExplicitSettings:
 
 
 @dataclass(frozen=True)
-class AmortizedExplicitSettings:
-    """ADT_EXP-AM, Sec. 3.2: a generator of width ``ngf`` trained by Adam at ``lr``, with
-    entropy weight ``lambda_``, fed the input gradients ``conditioning`` (raw or normalised)."""
+class GeneratorSettings:
+    """What the amortised methods share: a generator of width ``ngf`` trained by Adam at
+    ``lr``, fed the input gradients ``conditioning`` (raw, as released, or normalised)."""
 
     ngf: int = _from("am_ngf", 256)
-    lambda_: float = _from("am_lambda", 0.01)
     lr: float = _from("am_lr", 2e-4)
     conditioning: str = _from("am_conditioning", "raw")
 
     def __post_init__(self) -> None:
         check_int_at_least(self.ngf, 1, "am_ngf", "256")
-        check_nonnegative(self.lambda_, "am_lambda", "0.01")
         check_positive(self.lr, "am_lr", "2e-4")
         check_choice(self.conditioning, CONDITIONINGS, "am_conditioning")
 
 
 @dataclass(frozen=True)
-class AmortizedImplicitSettings:
-    """ADT_IMP-AM, Sec. 3.3: a generator of width ``ngf`` fed ``noise_dim`` noise
-    channels, its entropy bound weighted ``lambda_`` with the hinge at ``threshold``;
-    generator and encoder trained by Adam at ``lr``."""
+class AmortizedExplicitSettings(GeneratorSettings):
+    """ADT_EXP-AM, Sec. 3.2: the generator's entropy weight ``lambda_``."""
 
-    ngf: int = _from("am_ngf", 256)
+    lambda_: float = _from("am_lambda", 0.01)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_nonnegative(self.lambda_, "am_lambda", "0.01")
+
+
+@dataclass(frozen=True)
+class AmortizedImplicitSettings(GeneratorSettings):
+    """ADT_IMP-AM, Sec. 3.3: ``noise_dim`` noise channels, the entropy bound weighted
+    ``lambda_`` with the hinge at ``threshold``; the encoder is trained at ``lr`` too."""
+
     noise_dim: int = _from("imp_noise_dim", 64)
     lambda_: float = _from("imp_lambda", 1.0)
     threshold: float = _from("imp_threshold", 0.9)
-    lr: float = _from("am_lr", 2e-4)
-    conditioning: str = _from("am_conditioning", "raw")
 
     def __post_init__(self) -> None:
-        check_int_at_least(self.ngf, 1, "am_ngf", "256")
+        super().__post_init__()
         check_int_at_least(self.noise_dim, 1, "imp_noise_dim", "64")
         check_nonnegative(self.lambda_, "imp_lambda", "1.0")
         check_nonnegative(self.threshold, "imp_threshold", "0.9")
-        check_positive(self.lr, "am_lr", "2e-4")
-        check_choice(self.conditioning, CONDITIONINGS, "am_conditioning")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import torchattacks
 from conftest import trained_small_cnn
 from torch import nn
 
+from adt.attack import functions as A
 from adt.core import primitives as P
 from adt.core.models import SmallCNN
-from adt.evaluation import attacks as A
 
 TOL = 1e-6  # float round-off of x + epsilon - x
 

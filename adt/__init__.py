@@ -1,13 +1,14 @@
 """Adversarial Distributional Training (Dong et al., NeurIPS 2020): the compute core.
 
 The subpackages read as the paper's pipeline, from the bottom up: ``core`` (checks, files,
-runtime, datasets, models, losses and the l_inf ball), ``method`` (the tanh-Gaussian, the
-inner maximisers, the methods by name), ``config`` (profiles, provenance), ``training``
-(Algorithm 1, run folders, resume, DDP, sweeps), ``evaluation`` (attacks, protocol, the
-robustness table and its checks, stored tables, checkpoint files), and on top, side by
-side, ``study`` (statistics, gates, claims, analyses, figures) and ``artifact`` (the
-notebooks' context, the papermill batch, benchmarks). See REPRODUCTION.md for the
-release's settings this package follows.
+runtime, datasets, models, losses and the l_inf ball); side by side, ``method`` (the
+tanh-Gaussian, the inner maximisers, the method registry) and ``attack`` (the attack
+functions, a table's row, the protocol's catalogue of attacks); ``config`` (profiles,
+provenance); ``training`` (Algorithm 1, run folders, resume, DDP, sweeps); ``evaluation``
+(the protocol, the robustness table and its checks, stored tables, checkpoint files); and
+on top, side by side, ``study`` (statistics, gates, claims, analyses, figures) and
+``artifact`` (the notebooks' context, the papermill batch, benchmarks). See
+REPRODUCTION.md for the release's settings this package follows.
 
 The names a user needs are here (imported on first use, so ``import adt`` stays light)::
 

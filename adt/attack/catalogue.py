@@ -20,7 +20,7 @@ The settings' fields are named as in ``EvalSettings`` (``pgd_steps``, ``cw_kappa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from adt.attack.functions import square as square_attack
 from adt.attack.spec import AttackSpec, pgd_spec
 from adt.core._checks import check_choice, check_int_at_least, check_positive
 
-__all__ = ["ProtocolAttack", "StepSettings", "PGDAttackSettings", "MIMSettings", "CWSettings",
+__all__ = ["ProtocolAttack", "CheckedSettings", "StepSettings", "PGDAttackSettings", "MIMSettings", "CWSettings",
            "FeaAttackSettings", "AutoAttackSettings", "SPSASettings", "NoAttackSettings",
            "FGSM", "PGD", "MIM", "CW", "FEA_ATTACK", "AUTOATTACK", "SPSA", "PROTOCOL",
            "ATTACK_SETTINGS", "register_attack", "check_settings", "row_caption"]
@@ -48,12 +48,20 @@ def check_settings(settings: Any) -> None:
 
 
 @dataclass(frozen=True)
+class CheckedSettings:
+    """Base of the attacks' settings: constructing one runs :func:`check_settings`."""
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
 class NoAttackSettings:
     """An attack without settings of its own (FGSM: one step of epsilon)."""
 
 
 @dataclass(frozen=True)
-class StepSettings:
+class StepSettings(CheckedSettings):
     """The step of the iterative attacks PGD, MIM and C&W: ``step_fraction * epsilon``
     (the paper's 2/255 at 8/255 is 0.25)."""
 
@@ -61,8 +69,6 @@ class StepSettings:
 
     def check(self) -> None:
         check_positive(self.step_fraction, "step_fraction", "0.25")
-
-    __post_init__ = check
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,6 @@ class PGDAttackSettings(StepSettings):
         for steps in self.pgd_steps:
             check_int_at_least(steps, 1, "pgd_steps", "20")
 
-    def __post_init__(self) -> None:
-        check_settings(self)
-
 
 @dataclass(frozen=True)
 class MIMSettings(StepSettings):
@@ -87,9 +90,6 @@ class MIMSettings(StepSettings):
 
     def check(self) -> None:
         check_int_at_least(self.mim_steps, 1, "mim_steps", "20")
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,9 @@ class CWSettings(StepSettings):
         check_int_at_least(self.cw_steps, 1, "cw_steps", "30")
         check_positive(self.cw_kappa, "cw_kappa", "50")
 
-    def __post_init__(self) -> None:
-        check_settings(self)
-
 
 @dataclass(frozen=True)
-class FeaAttackSettings:
+class FeaAttackSettings(CheckedSettings):
     """FeaAttack: ``fea_steps`` steps of ``fea_step_fraction * epsilon`` (1/255 at 8/255)
     towards the features of each of ``fea_targets`` images of other classes."""
 
@@ -121,11 +118,9 @@ class FeaAttackSettings:
         check_positive(self.fea_step_fraction, "fea_step_fraction", "0.125")
         check_int_at_least(self.fea_targets, 1, "fea_targets", "200")
 
-    __post_init__ = check
-
 
 @dataclass(frozen=True)
-class AutoAttackSettings:
+class AutoAttackSettings(CheckedSettings):
     """AutoAttack (Croce & Hein 2020): its gradient attacks ("standard": APGD-CE, APGD-T,
     FAB-T; "cheap": no FAB-T) with ``autoattack_steps`` iterations and
     ``autoattack_targets`` targets, then Square with ``square_queries`` queries on their
@@ -142,11 +137,9 @@ class AutoAttackSettings:
         check_int_at_least(self.autoattack_targets, 1, "autoattack_targets", "9")
         check_int_at_least(self.square_queries, 1, "square_queries", "5000")
 
-    __post_init__ = check
-
 
 @dataclass(frozen=True)
-class SPSASettings:
+class SPSASettings(CheckedSettings):
     """SPSA (Uesato et al. 2018), score-based: ``spsa_iterations`` Adam steps of rate
     ``spsa_lr`` on ``spsa_samples`` perturbations of size ``spsa_delta``, on the first
     ``spsa_examples`` images."""
@@ -163,8 +156,6 @@ class SPSASettings:
             check_int_at_least(getattr(self, name), 1, name, example)
         check_positive(self.spsa_lr, "spsa_lr", "0.01")
         check_positive(self.spsa_delta, "spsa_delta", "1e-3")
-
-    __post_init__ = check
 
 
 @dataclass(frozen=True)
@@ -294,11 +285,10 @@ def register_attack(attack: ProtocolAttack) -> ProtocolAttack:
     return attack
 
 
-def row_caption(spec: Mapping[str, Any], epsilon: float | None,
-                attacks: Sequence[ProtocolAttack] | None = None) -> str:
+def row_caption(spec: Mapping[str, Any], epsilon: float | None) -> str:
     """The caption text of one row (an :meth:`AttackSpec.describe` dict): its attack's
     caption, or its name."""
-    for attack in (*(PROTOCOL if attacks is None else attacks), SPSA):
+    for attack in (*PROTOCOL, SPSA):
         caption = attack.captions.get(spec["attack"])
         if caption is not None:
             return caption(spec, epsilon)

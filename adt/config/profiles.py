@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adt.attack.catalogue import ATTACK_SETTINGS, check_settings
+from adt.attack.catalogue import ATTACK_SETTINGS
 from adt.core._checks import (
     check_choice,
     check_epsilon,
@@ -144,9 +144,6 @@ class EvalSettings(*ATTACK_SETTINGS):
             check_int_at_least(getattr(self, name), 1, name, example)
         for multiplier in self.curve_epsilon_multipliers:
             check_positive(multiplier, "curve_epsilon_multipliers entry", "1.0")
-
-    def __post_init__(self) -> None:
-        check_settings(self)  # every attack's checks, then these
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,25 @@ exactly those the chapters then reuse (no training, no evaluation again)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import pytest
 
-from adt.artifact.prepare import (
+from adt.artifact.conditioning import (
     AM_METHODS,
+    conditioning_variant,
+    load_record,
+    variant_correct,
+)
+from adt.artifact.prepare import (
     BUDGET_FACTOR,
     BUDGET_METHODS,
-    conditioning_variant,
+    conditioning_jobs,
     evaluation_jobs,
     prepare,
+    prepare_conditioning,
     training_jobs,
 )
 from adt.config.profiles import get_profile
@@ -31,16 +38,30 @@ def test_the_jobs_are_every_method_and_seed_and_the_budget_check() -> None:
         (m, s) for m in METHODS for s in quick.seeds}
     long = [j for j in jobs if j.profile == quick.with_budget(BUDGET_FACTOR)]
     assert {j.method for j in long} == set(BUDGET_METHODS) and all(j.seed == 0 for j in long)
-    variant = [j for j in jobs if j.profile == conditioning_variant(quick)]
-    assert {(j.method, j.seed) for j in variant} == {(m, s) for m in AM_METHODS for s in quick.seeds}
-    assert variant[0].profile.methods.am_conditioning == "raw"  # quick normalises
-    assert conditioning_variant(variant[0].profile).methods == quick.methods
-    assert len(jobs) == len(METHODS) * 3 + 2 + 2 * 3
+    assert len(jobs) == len(METHODS) * 3 + 2  # ledger row b's variants are a command of their own
     assert jobs[0].method == "adt_exp" and jobs[0].profile != quick  # longest first
     evals = evaluation_jobs(quick)
     assert sum(j.black_box for j in evals) == len(METHODS)  # the first seed of each
     assert all(j.seed == quick.seeds[0] for j in evals if j.black_box)
     assert all(j.reference == (j.profile == quick) for j in evals)
+
+
+def test_the_conditioning_experiment_is_both_inputs_on_every_seed() -> None:
+    quick = get_profile("quick")
+    train_jobs, eval_jobs = conditioning_jobs(quick)
+    variant = conditioning_variant(quick)
+    assert variant.methods.am_conditioning == "raw"  # quick normalises
+    assert conditioning_variant(variant).methods == quick.methods
+    def key(j: object) -> tuple:
+        return (j.profile.methods.am_conditioning, j.method, j.seed)
+
+    assert all(j.profile in (quick, variant) for j in train_jobs + eval_jobs)
+    assert sorted(map(key, train_jobs)) == sorted(
+        (p.methods.am_conditioning, m, s) for p in (quick, variant) for m in AM_METHODS
+        for s in quick.seeds)
+    assert sorted(map(key, eval_jobs)) == sorted(("raw", m, s) for m in AM_METHODS
+                                                 for s in quick.seeds)
+    assert not any(j.black_box or j.reference for j in eval_jobs)
 
 
 def _never(epoch: int, batch: int) -> None:
@@ -108,3 +129,28 @@ def test_the_cpu_stage_prepares_for_the_repositorys_chapters_only(tmp_path: Path
     ours = plan_pipeline("quick", "cpu", tmp_path / "out", None, ("01_method",), None)
     assert _prepare(ours, workers=2, force_retrain=False) is True
     assert calls == [1]
+
+
+def test_the_conditioning_record_pairs_with_the_runs_it_was_made_against(tmp_path: Path) -> None:
+    profile = get_profile("smoke", methods={"pgd_steps": 2}, train_examples=64,
+                          monitor_examples=16)
+    path = prepare_conditioning(profile, tmp_path / "runs", workers=2,
+                                path=tmp_path / "record.json")
+    data = load_dataset(profile.dataset)
+    own = [train(profile, m, s, data=data, device="cpu", runs_root=tmp_path / "runs",
+                 progress=False, on_batch_end=_never) for m in AM_METHODS for s in profile.seeds]
+    column = json.loads(path.read_text())["column"]
+    record = load_record(profile, own, column, path)
+    other = conditioning_variant(profile).methods.am_conditioning
+    assert record is not None and record["conditioning"] == other != profile.methods.am_conditioning
+    correct = variant_correct(record, "adt_imp_am", list(profile.seeds))
+    assert correct.shape == (len(profile.seeds), profile.eval.n_examples)
+    variant = train(conditioning_variant(profile), "adt_imp_am", profile.seeds[0], data=data,
+                    device="cpu", runs_root=tmp_path / "runs", progress=False)
+    table = evaluate_run(variant, data, black_box=False, progress=False)
+    assert correct[0].tolist() == table.row(column).tolist()
+    # another column, or other own runs (here: the variants in their place), is no match
+    assert load_record(profile, own, "FGSM", path) is None
+    assert load_record(profile, [variant, *own[1:]], column, path) is None
+    with pytest.raises(ValueError, match="no adt_imp_am variant for seeds \\[99\\]"):
+        variant_correct(record, "adt_imp_am", [99])

@@ -10,16 +10,19 @@ here").
 
 The jobs are those the chapters ask for, in the same form, so the stored results match:
 
-- training: every method x seed of the profile, the budget check's runs of chapter 6
-  (:data:`BUDGET_METHODS`, the first seed, :meth:`Profile.with_budget` ``(2)``), and
-  chapter 3's amortised runs with the other generator input (:func:`conditioning_variant`);
+- training: every method x seed of the profile, and the budget check's runs of chapter 6
+  (:data:`BUDGET_METHODS`, the first seed, :meth:`Profile.with_budget` ``(2)``);
 - evaluation: :meth:`adt.artifact.report.Context.evaluate`'s tables (black-box rows for the first
   seed, sources in :data:`adt.method.methods.METHODS` order), the original-AutoAttack reference
   of each (:func:`adt.evaluation.stored.full_autoattack_survivors`), and the white-box tables of the
-  budget runs and of the conditioning variants.
+  budget runs.
 
 Longest jobs start first. A job that fails is reported and left to the notebook, which
 then runs it itself.
+
+``--conditioning`` runs ledger row b's experiment instead (:func:`prepare_conditioning`):
+the amortised methods with the other generator input on every seed, kept as the record
+that chapter 3 reads (:mod:`adt.artifact.conditioning`).
 """
 
 from __future__ import annotations
@@ -34,25 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adt.artifact.conditioning import AM_METHODS, conditioning_variant
 from adt.config.profiles import Profile
 from adt.method.methods import LABELS, METHODS
 
-__all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "AM_METHODS", "conditioning_variant", "TrainJob",
-           "EvalJob", "training_jobs", "evaluation_jobs", "prepare", "worker_throughput", "main"]
+__all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
+           "evaluation_jobs", "conditioning_jobs", "prepare", "prepare_conditioning",
+           "worker_throughput", "main"]
 
 #: The methods and the factor of chapter 6's budget check (the "stable under budget" gate).
 BUDGET_METHODS = ("pgd_at", "adt_exp")
 BUDGET_FACTOR = 2
-#: The amortised methods, which chapter 3 also trains with the other generator input.
-AM_METHODS = ("adt_exp_am", "adt_imp_am")
-
-
-def conditioning_variant(profile: Profile) -> Profile:
-    """``profile`` with the amortised generators fed the other input (ledger row b): the
-    raw input gradients (the release's) where the profile normalises them, and the other
-    way round. Chapter 3 compares the two on every seed."""
-    other = "raw" if profile.methods.am_conditioning == "normalised" else "normalised"
-    return profile.replace(methods={"am_conditioning": other})
 
 
 @dataclass(frozen=True)
@@ -92,8 +87,6 @@ def training_jobs(profile: Profile, methods: Sequence[str] = METHODS) -> list[Tr
     jobs = [TrainJob(profile, m, s) for m in methods for s in profile.seeds]
     long = profile.with_budget(BUDGET_FACTOR)
     jobs += [TrainJob(long, m, profile.seeds[0]) for m in BUDGET_METHODS if m in methods]
-    variant = conditioning_variant(profile)
-    jobs += [TrainJob(variant, m, s) for m in AM_METHODS if m in methods for s in profile.seeds]
     return sorted(jobs, key=lambda j: -j.cost)
 
 
@@ -107,10 +100,18 @@ def evaluation_jobs(profile: Profile, methods: Sequence[str] = METHODS) -> list[
     long = profile.with_budget(BUDGET_FACTOR)
     jobs += [EvalJob(long, m, first, False, False, tuple(methods)) for m in BUDGET_METHODS
              if m in methods]
-    variant = conditioning_variant(profile)
-    jobs += [EvalJob(variant, m, s, False, False, tuple(methods)) for m in AM_METHODS
-             if m in methods for s in profile.seeds]
     return sorted(jobs, key=lambda j: (not j.black_box, j.method != "adt_exp"))
+
+
+def conditioning_jobs(profile: Profile) -> tuple[list[TrainJob], list[EvalJob]]:
+    """Ledger row b's experiment: the amortised runs of ``profile`` and of its
+    :func:`~adt.artifact.conditioning.conditioning_variant` on every seed, and the variants'
+    white-box tables."""
+    variant = conditioning_variant(profile)
+    train = [TrainJob(p, m, s) for p in (profile, variant) for m in AM_METHODS
+             for s in profile.seeds]
+    evaluate = [EvalJob(variant, m, s, False, False) for m in AM_METHODS for s in profile.seeds]
+    return sorted(train, key=lambda j: -j.cost), evaluate
 
 
 def _one_thread() -> None:
@@ -167,11 +168,36 @@ def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
     """Train, then evaluate, every job of ``profile`` (of ``methods``) in ``workers``
     one-thread processes (default: the CPU count); returns the seconds of each stage.
     Prints a line per job."""
+    return _run_stages((("train", training_jobs(profile, methods), _train),
+                        ("evaluate", evaluation_jobs(profile, methods), _evaluate)),
+                       runs_root, workers, force_retrain)
+
+
+def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int | None = None,
+                         force_retrain: bool = False, path: Path | None = None) -> Path:
+    """Run :func:`conditioning_jobs` in ``workers`` one-thread processes and write the record
+    to ``path`` (default :func:`adt.artifact.conditioning.record_path`); returns the path."""
+    from adt.artifact.conditioning import make_record, record_path, save_record
+    from adt.evaluation.stored import evaluate_run
+
+    train_jobs, eval_jobs = conditioning_jobs(profile)
+    _run_stages((("train", train_jobs, _train), ("evaluate", eval_jobs, _evaluate)), runs_root,
+                workers, force_retrain)
+    variant, data = conditioning_variant(profile), _data(profile)
+    own = [_finished(profile, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
+    others = [_finished(variant, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
+    tables = [evaluate_run(r, data, black_box=False, progress=False) for r in others]
+    column = tables[0].lookup("pgd", steps=min(profile.eval.pgd_steps))
+    return save_record(make_record(profile, own, others, tables, column),
+                       path or record_path(profile))
+
+
+def _run_stages(stages: Sequence[tuple[str, list[Any], Any]], runs_root: str | Path,
+                workers: int | None, force_retrain: bool) -> dict[str, float]:
     workers = workers or os.cpu_count() or 1
     seconds = {}
     context = multiprocessing.get_context("spawn")
-    for stage, jobs, fn in (("train", training_jobs(profile, methods), _train),
-                            ("evaluate", evaluation_jobs(profile, methods), _evaluate)):
+    for stage, jobs, fn in stages:
         started = time.perf_counter()
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
             futures = {pool.submit(fn, job, str(runs_root), force_retrain): job for job in jobs}
@@ -230,9 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--measure", action="store_true",
                         help="measure the speed-up of one-thread workers (writes "
                              "benchmarks/workers-<profile>.json) instead of preparing the runs")
+    parser.add_argument("--conditioning", action="store_true",
+                        help="run ledger row b's experiment (the amortised methods with the "
+                             "other generator input, every seed; ~11 min on 2 cores at quick) "
+                             "and write benchmarks/conditioning-<profile>.json for chapter 3")
     parser.add_argument("--runs-root", default="data/runs")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
+    if args.conditioning:
+        print(f"wrote {prepare_conditioning(profile, args.runs_root, args.workers)}")
+        return 0
     if args.measure:
         result = worker_throughput(profile, workers=args.workers)
         print(f"{result['method']}: one process on {result['workers']} threads "

@@ -29,11 +29,15 @@ class SmallCNN(nn.Module):
                  hidden: int = 200, image_size: int = 28) -> None:
         super().__init__()
         w = width
+        # Each max-pool comes before its ReLU: relu(maxpool(h)) == maxpool(relu(h)) exactly,
+        # values and gradients, on a quarter of the activations. With in-place ReLUs this
+        # saves about a tenth of a CPU training step (README, "Speed"); the parameters keep
+        # their indices, so checkpoints of either order load.
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3), nn.ReLU(), nn.Conv2d(w, w, 3), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten())
+            nn.Conv2d(in_channels, w, 3), nn.ReLU(inplace=True), nn.Conv2d(w, w, 3),
+            nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3), nn.ReLU(inplace=True), nn.Conv2d(2 * w, 2 * w, 3),
+            nn.MaxPool2d(2), nn.ReLU(inplace=True), nn.Flatten())
         side = ((image_size - 4) // 2 - 4) // 2
         self.classifier = nn.Sequential(
             nn.Linear(2 * w * side * side, hidden), nn.ReLU(),

@@ -1,5 +1,5 @@
 # The whole set-up on a fresh machine is one of these two commands:
-#   make reproduce   regenerate every table and figure (profile quick, CPU, ~90 min; README)
+#   make reproduce   regenerate every table and figure (profile quick, CPU, ~77 min; README)
 #   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
 # Options: make reproduce PROFILE=fashion DEVICE=cuda [FORCE_RETRAIN=1: retrain every run]
 

@@ -30,9 +30,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         # Each max-pool comes before its ReLU: relu(maxpool(h)) == maxpool(relu(h)) exactly,
-        # values and gradients, on a quarter of the activations. With in-place ReLUs this
-        # saves about a tenth of a CPU training step (README, "Speed"); the parameters keep
-        # their indices, so checkpoints of either order load.
+        # values and gradients, on a quarter of the activations; with in-place ReLUs, less
+        # memory traffic on a CPU (README, "How long it takes"). The parameters keep their
+        # indices, so checkpoints of either order load.
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, w, 3), nn.ReLU(inplace=True), nn.Conv2d(w, w, 3),
             nn.MaxPool2d(2), nn.ReLU(inplace=True),

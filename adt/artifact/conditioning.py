@@ -13,8 +13,6 @@ trains the variants itself.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from adt.config.profiles import Profile
-from adt.config.provenance import REPO_ROOT
+from adt.config.provenance import REPO_ROOT, git_commit
+from adt.core.io import read_json
 from adt.evaluation.stored import run_fingerprint
 from adt.evaluation.table import RobustnessTable
 from adt.training.runs import Run
 
-__all__ = ["AM_METHODS", "conditioning_variant", "record_path", "make_record", "save_record",
-           "load_record", "variant_correct"]
+__all__ = ["AM_METHODS", "conditioning_variant", "record_path", "make_record", "load_record",
+           "variant_correct"]
 
 #: The amortised methods, whose generators the conditioning feeds.
 AM_METHODS = ("adt_exp_am", "adt_imp_am")
@@ -49,13 +48,8 @@ def record_path(profile: Profile) -> Path:
     return REPO_ROOT / "benchmarks" / f"conditioning-{profile.name}.json"
 
 
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
+def _fingerprints(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    return sorted(map(run_fingerprint, runs), key=lambda f: (f["method"], f["seed"]))
 
 
 def make_record(profile: Profile, own_runs: Sequence[Run], variant_runs: Sequence[Run],
@@ -72,21 +66,14 @@ def make_record(profile: Profile, own_runs: Sequence[Run], variant_runs: Sequenc
         "format": RECORD_FORMAT, "profile": profile.name,
         "conditioning": conditioning_variant(profile).methods.am_conditioning,
         "column": column,
-        "own_runs": sorted((run_fingerprint(r) for r in own_runs),
-                           key=lambda f: (f["method"], f["seed"])),
+        "own_runs": _fingerprints(own_runs),
         "variants": [{"method": r.method, "seed": r.seed, "fingerprint": run_fingerprint(r),
                       "correct": "".join("1" if c else "0" for c in t.row(column).tolist())}
                      for r, t in zip(variant_runs, variant_tables, strict=True)],
         "recorded": {"command": f"python -m adt.prepare --profile {profile.name} --conditioning",
-                     "commit": _commit(), "torch": torch.__version__,
+                     "commit": git_commit(), "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d", time.gmtime())},
     }
-
-
-def save_record(record: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
 
 
 def load_record(profile: Profile, own_runs: Sequence[Run], column: str,
@@ -96,10 +83,10 @@ def load_record(profile: Profile, own_runs: Sequence[Run], column: str,
     path = path or record_path(profile)
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    want = sorted((run_fingerprint(r) for r in own_runs), key=lambda f: (f["method"], f["seed"]))
+    record = read_json(path, fix=f"rerun python -m adt.prepare --profile {profile.name} "
+                                 "--conditioning, or restore it (git checkout -- FILE)")
     if (record.get("format") != RECORD_FORMAT or record.get("profile") != profile.name
-            or record.get("column") != column or record.get("own_runs") != want
+            or record.get("column") != column or record.get("own_runs") != _fingerprints(own_runs)
             or record.get("conditioning")
             != conditioning_variant(profile).methods.am_conditioning):
         return None

@@ -177,7 +177,8 @@ def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int |
                          force_retrain: bool = False, path: Path | None = None) -> Path:
     """Run :func:`conditioning_jobs` in ``workers`` one-thread processes and write the record
     to ``path`` (default :func:`adt.artifact.conditioning.record_path`); returns the path."""
-    from adt.artifact.conditioning import make_record, record_path, save_record
+    from adt.artifact.conditioning import make_record, record_path
+    from adt.core.io import write_json
     from adt.evaluation.stored import evaluate_run
 
     train_jobs, eval_jobs = conditioning_jobs(profile)
@@ -188,8 +189,8 @@ def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int |
     others = [_finished(variant, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
     tables = [evaluate_run(r, data, black_box=False, progress=False) for r in others]
     column = tables[0].lookup("pgd", steps=min(profile.eval.pgd_steps))
-    return save_record(make_record(profile, own, others, tables, column),
-                       path or record_path(profile))
+    return write_json(make_record(profile, own, others, tables, column),
+                      path or record_path(profile))
 
 
 def _run_stages(stages: Sequence[tuple[str, list[Any], Any]], runs_root: str | Path,

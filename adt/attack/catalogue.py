@@ -30,8 +30,8 @@ from adt.attack.functions import square as square_attack
 from adt.attack.spec import AttackSpec, pgd_spec
 from adt.core._checks import check_choice, check_int_at_least, check_positive
 
-__all__ = ["ProtocolAttack", "CheckedSettings", "StepSettings", "PGDAttackSettings", "MIMSettings", "CWSettings",
-           "FeaAttackSettings", "AutoAttackSettings", "SPSASettings", "NoAttackSettings",
+__all__ = ["ProtocolAttack", "CheckedSettings", "StepSettings", "PGDAttackSettings", "MIMSettings",
+           "CWSettings", "FeaAttackSettings", "AutoAttackSettings", "SPSASettings", "NoAttackSettings",
            "FGSM", "PGD", "MIM", "CW", "FEA_ATTACK", "AUTOATTACK", "SPSA", "PROTOCOL",
            "ATTACK_SETTINGS", "register_attack", "check_settings", "row_caption"]
 

@@ -9,6 +9,7 @@ protocol". The rows are :class:`~adt.attack.spec.AttackSpec`s.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +21,8 @@ from adt.attack.spec import CLEAN, AttackSpec
 from adt.config.profiles import EvalSettings
 from adt.core._checks import check_epsilon
 
-__all__ = ["autoattack_specs", "full_autoattack", "white_box_attacks", "black_box_attacks",
-           "standard_attacks", "describe_protocol"]
+__all__ = ["autoattack_specs", "full_autoattack", "white_box_attacks", "a_rob_cascade",
+           "black_box_attacks", "standard_attacks", "describe_protocol"]
 
 
 def autoattack_specs(settings: EvalSettings | AutoAttackSettings, epsilon: float,
@@ -48,6 +49,26 @@ def white_box_attacks(settings: EvalSettings, epsilon: float, *,
     check_epsilon(epsilon)
     return [CLEAN, *(spec for attack in PROTOCOL
                      for spec in attack.specs(settings, epsilon, num_classes))]
+
+
+def a_rob_cascade(settings: EvalSettings, epsilon: float, *,
+                  num_classes: int = 10) -> list[AttackSpec]:
+    """A_rob alone, as one cascade: the white-box rows of :func:`white_box_attacks`, the
+    AutoAttack rows first (they break the most examples), each later row run only on the
+    survivors of the row before it. The last row is A_rob (the per-example worst case over
+    every white-box row), at the cost of attacking survivors only; the other rows are not
+    per-attack accuracies, and no sanity check is planned on them (the budget study)."""
+    rows = white_box_attacks(settings, epsilon, num_classes=num_classes)
+    clean, attacks = rows[0], rows[1:]
+    autoattack = [s for s in attacks if s.name.startswith(("APGD", "AutoAttack"))]
+    ordered = autoattack + [s for s in attacks if s not in autoattack]
+    chain, previous = [clean], clean.name
+    for spec in ordered:
+        # AutoAttack's own cascade row runs on its gradient row's survivors already
+        after = spec.survivors_of or previous
+        chain.append(dataclasses.replace(spec, survivors_of=after))
+        previous = spec.name
+    return chain
 
 
 def black_box_attacks(settings: EvalSettings, epsilon: float, *,

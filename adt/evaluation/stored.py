@@ -22,7 +22,12 @@ from adt.core.data import DATASETS, ImageDataset, load_dataset
 from adt.core.runtime import device_of
 from adt.evaluation.checks import SanityChecks
 from adt.evaluation.engine import evaluation_examples, robustness_table
-from adt.evaluation.protocol import full_autoattack, standard_attacks, white_box_attacks
+from adt.evaluation.protocol import (
+    a_rob_cascade,
+    full_autoattack,
+    standard_attacks,
+    white_box_attacks,
+)
 from adt.evaluation.sanity import report
 from adt.evaluation.table import EVAL_FILE, RobustnessTable, load_table
 from adt.training.runs import (
@@ -35,8 +40,9 @@ from adt.training.runs import (
 )
 
 FULL_AUTOATTACK_FILE = "eval_full_autoattack.json"
+A_ROB_FILE = "eval_a_rob.json"
 
-__all__ = ["evaluate_run", "full_autoattack_survivors", "full_autoattack_sample",
+__all__ = ["evaluate_run", "evaluate_a_rob", "A_ROB_FILE", "full_autoattack_survivors", "full_autoattack_sample",
            "full_autoattack_gap", "eval_path", "run_fingerprint", "FULL_AUTOATTACK_FILE",
            "table_config", "reusable_table"]
 
@@ -132,6 +138,34 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
     table.save(path)
     if strict:
         report(table, strict=True)
+    return table
+
+
+def evaluate_a_rob(run: Run, data: ImageDataset | None = None, *, force: bool = False,
+                   autocast: bool = True, progress: bool = False) -> RobustnessTable:
+    """The run's A_rob on its profile's evaluation images, by the cascade of
+    :func:`~adt.evaluation.protocol.a_rob_cascade` (every white-box attack of the protocol,
+    each on the survivors of the one before), kept as ``eval_a_rob.json`` beside the
+    checkpoint and reused like :func:`evaluate_run`'s table. Its ``worst_case()`` is the
+    per-example A_rob; its other rows are not per-attack accuracies."""
+    profile = run.profile
+    settings = profile.eval
+    attacks = a_rob_cascade(settings, profile.train_epsilon,
+                            num_classes=DATASETS[profile.dataset].num_classes)
+    if data is None:
+        data = load_dataset(profile.dataset, device=device_of(run.model))
+    n = min(settings.n_examples, len(data.x_test))
+    config, fingerprint = table_config(attacks, n, None), run_fingerprint(run)
+    path = run.path / A_ROB_FILE
+    stored = None if force else reusable_table(path, config, fingerprint)[0]
+    if stored is not None:
+        return stored
+    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
+                             sanity=False, autocast=autocast, progress=progress)
+    table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
+                      seed=run.seed, run=str(run.path), config=config,
+                      run_fingerprint=fingerprint)
+    table.save(path)
     return table
 
 

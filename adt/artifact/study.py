@@ -1,0 +1,266 @@
+"""The budget study: the headline A_rob claims on enough seeds, at the recipe's budget and twice it.
+
+The claims "ADT_EXP / ADT_EXP-AM / ADT_IMP-AM is more robust than PGD-AT / TRADES in the
+worst case" are tested on the seeds the design record asks for
+(``benchmarks/study-design-<profile>.json``, written by ``--design`` from the committed
+per-seed results before any study run: :mod:`adt.study.power`), each method trained at
+the profile's budget and at twice it (:meth:`Profile.with_budget`; the same seeds at both,
+so the budget effect is paired), and each run evaluated by the A_rob cascade on the
+profile's test images (:func:`adt.evaluation.stored.evaluate_a_rob`). The runs are the
+profile's own: the study's first seeds at the recipe's budget are the very runs the
+chapters use.
+
+Jobs run in one-thread worker processes (as :mod:`adt.artifact.prepare`); a run is
+evaluated as soon as it is trained, then archived (:mod:`adt.training.archive`) and, with
+``--commit``, committed, so a study that spans sessions and machines loses at most the runs
+in flight. ``python -m adt.study --profile quick`` runs it; it reuses every finished run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adt.config.profiles import Profile
+from adt.config.provenance import REPO_ROOT
+from adt.method.methods import LABELS
+
+__all__ = ["BASELINES", "ADT_METHODS", "STUDY_METHODS", "HEADLINE_PAIRS", "BUDGETS",
+           "design_path", "make_design", "load_design", "study_profiles", "StudyJob",
+           "study_jobs", "run_study", "main"]
+
+BASELINES = ("pgd_at", "trades")
+ADT_METHODS = ("adt_exp", "adt_exp_am", "adt_imp_am")
+STUDY_METHODS = BASELINES + ADT_METHODS
+#: (ADT method, baseline): the six headline A_rob claims
+HEADLINE_PAIRS = tuple((a, b) for a in ADT_METHODS for b in BASELINES)
+#: the recipe's budget and twice it
+BUDGETS = (1, 2)
+#: the claims whose pooled variance sets the seed count: ADT_EXP's two (they share its runs)
+PLANNING_PAIRS = (("adt_exp", "pgd_at"), ("adt_exp", "trades"))
+
+
+def design_path(profile: Profile) -> Path:
+    return REPO_ROOT / "benchmarks" / f"study-design-{profile.name}.json"
+
+
+def _min_agreement(claims_md: str, pairs: Sequence[tuple[str, str]]) -> float:
+    """The smallest per-example agreement of the ``distinct_models`` gate rows of CLAIMS.md
+    between the models of ``pairs`` (either direction)."""
+    wanted = {frozenset((LABELS[a], LABELS[b])) for a, b in pairs}
+    values = []
+    for line in claims_md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[0] == "distinct_models" and " -> " in cells[1]:
+            if frozenset(cells[1].split(" -> ")) in wanted:
+                values.append(float(cells[2]))
+    if not values:
+        raise ValueError("no distinct_models row for the headline pairs in CLAIMS.md")
+    return min(values)
+
+
+def _git_show(commit: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO_ROOT, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def make_design(profile: Profile, commit: str = "HEAD", effect: float = 5.0) -> dict[str, Any]:
+    """The design record from the outputs committed at ``commit``: chapter 4's per-seed
+    A_rob (notebooks/04_evaluation.ipynb) and the per-example agreement of the headline
+    pairs (figures/CLAIMS.md, the distinct_models gate), through
+    :func:`adt.study.power.design`."""
+    import json
+
+    from adt.config.provenance import git_commit
+    from adt.study.power import design, per_seed_a_rob_from_notebook
+
+    notebook = json.loads(_git_show(commit, "notebooks/04_evaluation.ipynb"))
+    claims = _git_show(commit, "figures/CLAIMS.md")
+    by_label = per_seed_a_rob_from_notebook(notebook)
+    per_seed = {m: by_label[LABELS[m]] for m in STUDY_METHODS}
+    discordance = 1.0 - _min_agreement(claims, HEADLINE_PAIRS)
+    record = design(per_seed, HEADLINE_PAIRS, PLANNING_PAIRS, effect=effect,
+                    n_images=profile.eval.n_examples, discordance=discordance)
+    source = subprocess.run(["git", "rev-parse", commit], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    record.update(profile=profile.name, budgets=list(BUDGETS), methods=list(STUDY_METHODS),
+                  source={"commit": source, "per_seed": "notebooks/04_evaluation.ipynb",
+                          "discordance": "figures/CLAIMS.md (distinct_models, PGD-20, seed 0)"},
+                  recorded={"command": f"python -m adt.study --profile {profile.name} "
+                                       f"--design --source {commit}",
+                            "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d")})
+    return record
+
+
+def load_design(profile: Profile) -> dict[str, Any]:
+    from adt.core.io import read_json
+
+    path = design_path(profile)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study design for profile {profile.name!r} at {path}; "
+                                f"write it first: python -m adt.study --profile "
+                                f"{profile.name} --design")
+    return read_json(path)
+
+
+def study_profiles(profile: Profile, seeds: Sequence[int]) -> list[Profile]:
+    """The profile at each of :data:`BUDGETS` (the first is ``profile`` itself), on ``seeds``."""
+    base = profile.replace(seeds=tuple(seeds))
+    return [base.with_budget(f) for f in BUDGETS]
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """Train (``stage`` "train") or A_rob-evaluate ("evaluate") one run of the study."""
+
+    stage: str
+    profile: Profile
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return (f"{self.stage} {LABELS[self.method]} seed {self.seed}, "
+                f"{self.profile.recipe.epochs} epochs")
+
+
+def study_jobs(profile: Profile, seeds: Sequence[int]) -> list[StudyJob]:
+    """Every training job of the study, a seed at a time (both budgets, longest first), so
+    that whole seeds finish early."""
+    from adt.artifact.prepare import TrainJob
+
+    jobs = [TrainJob(p, m, s) for s in seeds for p in study_profiles(profile, seeds)
+            for m in STUDY_METHODS]
+    jobs.sort(key=lambda j: (list(seeds).index(j.seed), -j.cost))
+    return [StudyJob("train", j.profile, j.method, j.seed) for j in jobs]
+
+
+def _one_thread() -> None:
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+
+
+def _work(job: StudyJob, runs_root: str) -> str:
+    from adt.artifact.prepare import _data, _finished
+    from adt.evaluation.stored import evaluate_a_rob
+    from adt.training.loop import train
+
+    started = time.perf_counter()
+    if job.stage == "train":
+        train(job.profile, job.method, job.seed, data=_data(job.profile), device="cpu",
+              runs_root=runs_root, progress=False)
+        return f"{job.name} ({time.perf_counter() - started:.0f} s)"
+    run = _finished(job.profile, job.method, job.seed, runs_root)
+    table = evaluate_a_rob(run, _data(job.profile))
+    return (f"{job.name}: A_rob {100 * float(table.worst_case().float().mean()):.1f} % "
+            f"({time.perf_counter() - started:.0f} s)")
+
+
+def _commit(paths: Sequence[Path], message: str) -> None:
+    """Commit ``paths`` alone (retrying while another git process holds the index)."""
+    rel = [str(p.resolve().relative_to(REPO_ROOT)) for p in paths]
+    for _ in range(30):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=REPO_ROOT, capture_output=True,
+                             text=True)
+        if add.returncode == 0:
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel],
+                                  cwd=REPO_ROOT, capture_output=True, text=True)
+            if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
+                return
+        time.sleep(2)
+    print(f"[adt.study] could not commit {rel}; commit them by hand", flush=True)
+
+
+def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
+              workers: int | None = None, commit: bool = False) -> dict[str, Any]:
+    """Train, A_rob-evaluate and archive every run of the study in ``workers`` one-thread
+    processes; a trained run's evaluation goes before the next training job."""
+    from adt.training.archive import archive_run
+    from adt.training.runs import run_dir
+
+    workers = workers or os.cpu_count() or 1
+    pending = study_jobs(profile, seeds)
+    total, done, started = 2 * len(pending), 0, time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    running: dict[Future, StudyJob] = {}
+    failed = []
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                running[pool.submit(_work, job, str(runs_root))] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                done += 1
+                try:
+                    line = future.result()
+                except Exception as err:
+                    failed.append(job.name)
+                    line = f"{job.name} failed: {type(err).__name__}: {err}"
+                    done += job.stage == "train"  # its evaluation will not run
+                else:
+                    if job.stage == "train":
+                        pending.insert(0, StudyJob("evaluate", job.profile, job.method,
+                                                   job.seed))
+                    else:
+                        folder = run_dir(job.profile, job.method, job.seed, runs_root)
+                        archived = archive_run(folder, runs_root)
+                        if commit:
+                            _commit([archived], f"Budget study: {job.name[9:]} archived")
+                elapsed = time.perf_counter() - started
+                print(f"[adt.study] {done}/{total} jobs, {elapsed / 60:.0f} min: {line}",
+                      flush=True)
+    return {"jobs": total, "failed": failed, "seconds": round(time.perf_counter() - started)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from adt.config.profiles import PROFILES, get_profile
+    from adt.core.io import write_json
+
+    parser = argparse.ArgumentParser(prog="python -m adt.study",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="the profile whose claims are studied (default: quick)")
+    parser.add_argument("--design", action="store_true",
+                        help="write the design record benchmarks/study-design-<profile>.json "
+                             "from the committed per-seed results, then stop")
+    parser.add_argument("--source", default="HEAD",
+                        help="the commit whose outputs the design reads (default: HEAD)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="one-thread worker processes (default: one per core)")
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each archived run as it finishes (default: off)")
+    parser.add_argument("--runs-root", default="data/runs",
+                        help="the runs folder (default: data/runs)")
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: give at least 1 (or leave it out: one per "
+                     "core)")
+    profile = get_profile(args.profile)
+    if args.design:
+        print(f"wrote {write_json(make_design(profile, args.source), design_path(profile))}")
+        return 0
+    try:
+        design = load_design(profile)
+    except FileNotFoundError as err:
+        print(f"python -m adt.study: {err}", file=sys.stderr)
+        return 2
+    result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
+                       args.commit)
+    print(result)
+    return 1 if result["failed"] else 0

@@ -184,10 +184,12 @@ def _commit(paths: Sequence[Path], message: str) -> None:
 
 
 def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
-              workers: int | None = None, commit: bool = False) -> dict[str, Any]:
-    """Train, A_rob-evaluate and archive every run of the study in ``workers`` one-thread
-    processes; a trained run's evaluation goes before the next training job."""
-    from adt.training.archive import archive_run
+              workers: int | None = None, commit: bool = False,
+              archive_root: str | Path | None = None) -> dict[str, Any]:
+    """Train, A_rob-evaluate and archive (into ``archive_root``, default
+    :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study in ``workers``
+    one-thread processes; a trained run's evaluation goes before the next training job."""
+    from adt.training.archive import ARCHIVE_ROOT, archive_run
     from adt.training.runs import run_dir
 
     workers = workers or os.cpu_count() or 1
@@ -217,7 +219,10 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
                                                    job.seed))
                     else:
                         folder = run_dir(job.profile, job.method, job.seed, runs_root)
-                        archived = archive_run(folder, runs_root)
+                        chapters = (job.seed in profile.seeds and job.profile.recipe.epochs
+                                    == profile.recipe.epochs)
+                        archived = archive_run(folder, runs_root, archive_root or ARCHIVE_ROOT,
+                                               maximizer=chapters)
                         if commit:
                             _commit([archived], f"Budget study: {job.name[9:]} archived")
                 elapsed = time.perf_counter() - started

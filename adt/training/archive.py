@@ -3,8 +3,8 @@
 ``data/runs/`` is the working store (checkpoints with optimiser and RNG states, git-ignored).
 A finished run is archived as what its results need and nothing else: ``run.pt`` (the
 classifier's and the maximiser's weights in float32, exactly as trained, the run's
-identity, epoch and metrics: about 0.3 MB for the quick SmallCNN against 0.65 MB for the
-checkpoint) and its JSON files (``metrics.json``, the stored tables ``eval*.json``).
+identity, epoch and metrics; the amortised methods' generators without their optimisers'
+moments) and its JSON files (``metrics.json``, the stored tables ``eval*.json``).
 :func:`restore_archive` writes them back into a runs folder where a run is missing, so a
 fresh clone reuses every archived run instead of training it: the same weights, so the
 same tables (:func:`adt.evaluation.stored.run_fingerprint` matches) on any CPU.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,15 +33,31 @@ ARCHIVED = "run.pt"
 _KEPT = ("format", "identity", "epoch", "model", "maximizer", "metrics")
 
 
+def _weights_only(state: dict[str, Any]) -> dict[str, Any]:
+    """A maximiser's state dict without its optimisers' moments (kept in ``_extra_state``
+    by the amortised methods): the parameter groups stay, so it still loads."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("_extra_state") and isinstance(value, dict):
+            value = {k: ({"state": {}, "param_groups": v["param_groups"]}
+                         if isinstance(v, dict) and "param_groups" in v else v)
+                     for k, v in value.items()}
+        out[key] = value
+    return out
+
+
 def _jsons(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
 def archive_run(folder: str | Path, runs_root: str | Path = DEFAULT_RUNS_ROOT,
-                archive_root: str | Path = ARCHIVE_ROOT) -> Path:
+                archive_root: str | Path = ARCHIVE_ROOT, *, maximizer: bool = True) -> Path:
     """Archive the finished run in ``folder`` (under ``runs_root``) at the same relative
     path under ``archive_root``; returns the archived folder. The weights are rewritten
-    only when they changed, the JSON files always (an evaluation may have been added)."""
+    only when they changed, the JSON files always (an evaluation may have been added).
+    ``maximizer=False`` keeps the classifier alone (ADT_IMP-AM's encoder is 12 times the
+    classifier): for runs that only their tables read; restored, their maximiser is
+    untrained."""
     folder, runs_root = Path(folder), Path(runs_root)
     target = Path(archive_root) / folder.resolve().relative_to(runs_root.resolve())
     ckpt = read_checkpoint(folder / CHECKPOINT, torch.device("cpu"))
@@ -48,6 +65,7 @@ def archive_run(folder: str | Path, runs_root: str | Path = DEFAULT_RUNS_ROOT,
         raise ValueError(f"the run at {folder} is unfinished (epoch {ckpt.get('epoch')}); "
                          "only finished runs are archived: finish it first")
     kept = {k: ckpt[k] for k in _KEPT}
+    kept["maximizer"] = _weights_only(kept["maximizer"]) if maximizer else None
     stored = target / ARCHIVED
     if not stored.is_file() or torch.load(stored, weights_only=False)["metrics"] != kept["metrics"]:
         save_torch(kept, stored)

@@ -2,6 +2,7 @@
 #   make reproduce   regenerate every table and figure (profile quick, CPU, ~77 min; README)
 #   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
 # Options: make reproduce PROFILE=fashion DEVICE=cuda [FORCE_RETRAIN=1: retrain every run]
+#          [NO_PROGRESS=1: no progress lines]; on a CUDA machine: TORCH="torch==2.11.0 torchvision==0.26.0"
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -10,31 +11,45 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 DEVICE ?= auto
-# torch/torchvision: the releases these machines hold on disk (override on other machines)
-TORCH ?= torch==2.14.1 torchvision==0.29.1
+# Every package is pinned by the lock files (tools/lock.py): requirements.lock, the same on
+# every machine, and requirements-torch.lock, PyTorch's stack of this x86_64 CPU machine
+# (torch 2.14.1, torchvision 0.29.1 and their wheels). On another machine TORCH replaces the
+# latter, e.g. TORCH="torch==2.11.0 torchvision==0.26.0" for CUDA wheels with Python 3.12.
+LOCK := requirements.lock
+TORCH_LOCK := requirements-torch.lock
+TORCH ?= -r $(TORCH_LOCK)
 STAMP := $(VENV)/.installed
 # pip prints one warning per missing local mirror folder; they are noise here
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
-.PHONY: reproduce test lint bench clean-smoke help check-fresh
+.PHONY: reproduce test lint bench clean-smoke help check-fresh lock
 
 help:
-	@sed -n '1,5p' Makefile
+	@sed -n '1,6p' Makefile
 
 # uv installs (tools/uv_install.py: pip's index settings, bytecode compiled in parallel) in
-# about 1.5 minutes here against pip's 4.5; where uv cannot be had or fails, pip does it all
-$(STAMP): pyproject.toml environment.yml
+# about 1.5 minutes here against pip's 4.5; where uv cannot be had or fails, pip does it all.
+# The lock's pins first, then adt itself without dependencies (they are the lock's); then
+# tools/lock.py checks that the environment holds the locked versions.
+$(STAMP): pyproject.toml environment.yml $(LOCK) $(TORCH_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	( $(PY) -m pip install -q uv 2>&1 | $(QUIET_PIP) ) && \
-		$(PY) tools/uv_install.py $(PY) $(TORCH) -e ".[notebooks,dev]" || { \
+	( $(PY) -m pip install -q $$(grep '^uv==' $(LOCK)) 2>&1 | $(QUIET_PIP) ) && \
+		$(PY) tools/uv_install.py $(PY) $(TORCH) -r $(LOCK) && \
+		$(PY) tools/uv_install.py $(PY) --no-deps -e . || { \
 		echo "uv failed: installing with pip"; \
-		$(PY) -m pip install -q $(TORCH) 2>&1 | $(QUIET_PIP); \
-		$(PY) -m pip install -q -e ".[notebooks,dev]" 2>&1 | $(QUIET_PIP); }
-	$(PY) -c "import torch, torchvision, torchattacks, papermill, nbval, mlxtend"
+		$(PY) -m pip install -q $(TORCH) -r $(LOCK) 2>&1 | $(QUIET_PIP); \
+		$(PY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP); }
+	$(PY) tools/lock.py check $(PY) $(if $(filter -r $(TORCH_LOCK),$(TORCH)),--torch)
+	$(PY) -c "import torch, torchvision, torchattacks, pyautoattack, papermill, nbval, mlxtend"
 	touch $(STAMP)
 
+# Rewrite the lock files from the installed environment (after a deliberate upgrade)
+lock:
+	$(PY) tools/lock.py write $(PY)
+
 reproduce: $(STAMP)
-	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE) $(if $(FORCE_RETRAIN),--force-retrain)
+	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE) $(if $(FORCE_RETRAIN),--force-retrain) \
+		$(if $(NO_PROGRESS),--no-progress)
 
 # Were the committed figures, tables and notebooks produced by the code in the tree?
 check-fresh:

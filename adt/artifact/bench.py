@@ -17,7 +17,6 @@ is written only when asked, with ``--output PATH`` (the committed results are
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 from pathlib import Path
@@ -29,6 +28,8 @@ from adt.artifact.costs import check_counts, random_classifier_batch, time_call,
 from adt.attack.functions import pgd
 from adt.config.profiles import PROFILES, Profile, get_profile
 from adt.core._checks import check_choice, check_int_at_least
+from adt.core.commands import command_parser, int_at_least
+from adt.core.io import write_json
 from adt.core.models import MODELS
 from adt.core.runtime import eval_mode, resolve_device
 
@@ -111,35 +112,33 @@ def benchmark_training(model_name: str, batch_size: int, device: str, *, steps: 
 
 
 def _write(result: dict[str, Any], output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    print(f"wrote {write_json(result, output)}")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line, checked: a bad count ends in a usage error (exit code 2)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small_cnn", choices=sorted(MODELS))
-    parser.add_argument("--width", type=int, default=None,
+    """The command line, checked: a bad value ends in a usage error (exit code 2)."""
+    parser = command_parser("bench", __doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="small_cnn", choices=sorted(MODELS),
+                        help="the architecture timed")
+    parser.add_argument("--width", type=int_at_least(1), default=None,
                         help="SmallCNN width (default: the quick profile's)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128,
+                        help="images per step")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the steps run (auto: CUDA if available)")
+    parser.add_argument("--steps", type=int_at_least(1), default=5, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int_at_least(0), default=2,
+                        help="untimed steps before each repeat")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3,
+                        help="interleaved repetitions of the timing")
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                         help="profile whose method settings (T, k, ngf, ...) are used")
     parser.add_argument("--attacks", action="store_true",
                         help="benchmark PGD-20 evaluation (ours vs torchattacks) instead")
     parser.add_argument("--output", default=None,
                         help="write the JSON here (e.g. benchmarks/cpu-small_cnn.json, the "
-                             "committed results); default: print only")
+                             "committed results; default: print only)")
     args = parser.parse_args(argv)
-    for option, minimum in (("batch_size", 1), ("steps", 1), ("warmup", 0), ("repeats", 1),
-                            ("width", 1)):
-        value = getattr(args, option)
-        if value is not None and value < minimum:
-            parser.error(f"--{option.replace('_', '-')} {value} must be >= {minimum}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but CUDA is not available on this machine; use "
                      "--device cpu")

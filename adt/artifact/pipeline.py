@@ -1,4 +1,4 @@
-"""Regenerate every table and figure: run the five notebooks in order with papermill.
+"""Regenerate every table and figure: run the notebooks (the chapters) in order with papermill.
 
     python -m adt.pipeline --profile quick --device auto      # what `make reproduce` runs
 
@@ -13,6 +13,11 @@ committed profile (``quick``); other profiles write them to ``<output>/notebooks
 ``--executed-dir``). They are written without papermill's injected-parameters cell (see
 :func:`clean_executed`). Artefacts go to the profile's output folder and are listed in its
 ``MANIFEST.json``. Finished runs in ``data/runs/`` are reused unless ``--force-retrain``.
+
+Progress: the CPU stage (:mod:`adt.artifact.prepare`) shows jobs done of total, elapsed and
+an ETA; then the notebook running (k of N), its cell, elapsed and an ETA from the last
+batch's timings in the manifest. Live on a terminal, a line a minute otherwise, none with
+``--no-progress`` or ``ADT_PROGRESS=0``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,10 +48,12 @@ from adt.config.provenance import (
     check_fresh,
     checkout_tag,
     code_hashes,
+    environment,
     merge_manifests,
     read_manifest,
     record_batch,
 )
+from adt.core.commands import add_progress, add_workers, command_parser
 from adt.core.io import atomic_write, write_json
 
 __all__ = ["run_pipeline", "PipelineError", "PipelineInterrupted", "clean_executed", "main"]
@@ -144,38 +150,48 @@ def _keep_failed(executed: Path) -> Path:
 
 
 def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrain: bool,
-             log_output: bool, state: dict[str, bool]) -> dict[str, float]:
-    """Execute the batch into the staging folders; returns the seconds per notebook."""
+             log_output: bool, state: dict[str, bool], progress: bool = False
+             ) -> dict[str, float]:
+    """Execute the batch into the staging folders; returns the seconds per notebook.
+    A line per notebook; with ``progress``, the cell running, elapsed and an ETA too
+    (:class:`adt.artifact.batch_progress.NotebookProgress`)."""
     import papermill as pm
 
+    from adt.artifact.batch_progress import NotebookProgress
+
     timings: dict[str, float] = {}
+    shown = NotebookProgress(plan.notebooks, read_manifest(plan.output).get(
+        "notebook_seconds", {}), progress)
     os.environ["ADT_PROGRESS"] = "0"  # the kernels inherit it: no bar widgets in the outputs
-    for name in plan.notebooks:
-        started = time.perf_counter()
-        print(f"[adt.pipeline] {name} (profile {plan.profile}, device {plan.device})",
-              flush=True)
-        executed = staged_nb / f"{name}.ipynb"
-        try:
-            pm.execute_notebook(
-                str(plan.source / f"{name}.ipynb"), str(executed),
-                parameters={"profile": plan.profile, "device": plan.device,
-                            "output_dir": str(staged_out), "force_retrain": force_retrain},
-                cwd=str(plan.source), progress_bar=False, log_output=log_output)
-        except pm.PapermillExecutionError as err:
-            if state["interrupted"] or err.ename == "KeyboardInterrupt":
-                raise PipelineInterrupted from err
-            kept = _keep_failed(executed) if executed.is_file() else executed
-            raise PipelineError(f"{plan.source.name}/{name}.ipynb failed in cell {err.cell_index} "
-                                f"(execution count {err.exec_count}): {err.ename}: {err.evalue}. "
-                                f"The executed notebook with the traceback is {kept}") from err
-        except Exception as err:  # e.g. the kernel died of the Ctrl-C it received too
-            if state["interrupted"]:
-                raise PipelineInterrupted from err
-            raise
-        if state["interrupted"]:  # Ctrl-C reached the kernel only, or was swallowed
-            raise PipelineInterrupted
-        clean_executed(executed)
-        timings[name] = round(time.perf_counter() - started, 1)
+    try:
+        for k, name in enumerate(plan.notebooks):
+            shown.start(k, f"profile {plan.profile}, device {plan.device}")
+            executed = staged_nb / f"{name}.ipynb"
+            try:
+                pm.execute_notebook(
+                    str(plan.source / f"{name}.ipynb"), str(executed),
+                    parameters={"profile": plan.profile, "device": plan.device,
+                                "output_dir": str(staged_out), "force_retrain": force_retrain},
+                    cwd=str(plan.source), progress_bar=False, log_output=log_output,
+                    **shown.engine_kwargs(name))
+            except pm.PapermillExecutionError as err:
+                if state["interrupted"] or err.ename == "KeyboardInterrupt":
+                    raise PipelineInterrupted from err
+                kept = _keep_failed(executed) if executed.is_file() else executed
+                raise PipelineError(f"{plan.source.name}/{name}.ipynb failed in cell "
+                                    f"{err.cell_index} (execution count {err.exec_count}): "
+                                    f"{err.ename}: {err.evalue}. The executed notebook with "
+                                    f"the traceback is {kept}") from err
+            except Exception as err:  # e.g. the kernel died of the Ctrl-C it received too
+                if state["interrupted"]:
+                    raise PipelineInterrupted from err
+                raise
+            if state["interrupted"]:  # Ctrl-C reached the kernel only, or was swallowed
+                raise PipelineInterrupted
+            clean_executed(executed)
+            timings[name] = round(shown.finish(k), 1)
+    finally:
+        shown.close()
     return timings
 
 
@@ -242,13 +258,16 @@ def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path,
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bool:
+def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool,
+             progress: bool = False, measured: dict[str, float] | None = None) -> bool:
     """Run :func:`adt.artifact.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
     ``data/runs``, the repository's own chapters: it prepares the runs *they* read);
-    returns whether it ran."""
+    returns whether it ran. Its ETA starts from :func:`~adt.artifact.batch_progress.prepare_prior`;
+    ``measured`` gets :func:`~adt.artifact.batch_progress.kept_rates` for the manifest."""
     workers = (os.cpu_count() or 1) if workers is None else workers
     if plan.runs_in_output or workers < 2 or plan.source.resolve() != COMMITTED_NOTEBOOKS:
         return False
+    from adt.artifact.batch_progress import kept_rates, prepare_prior
     from adt.artifact.prepare import prepare
     from adt.config.profiles import get_profile
     from adt.core.runtime import resolve_device
@@ -258,7 +277,11 @@ def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool) -> bo
         return False
     print(f"[adt.prepare] training and evaluating the runs of {plan.profile!r} in {workers} "
           "one-thread processes", flush=True)
-    seconds = prepare(prof, REPO_ROOT / "data" / "runs", workers, force_retrain)
+    prior, rates = prepare_prior(plan.profile, read_manifest(plan.output)), {}
+    seconds = prepare(prof, REPO_ROOT / "data" / "runs", workers, force_retrain,
+                      progress=progress, prior=prior, rates=rates)
+    if measured is not None:
+        measured.update(kept_rates(prior, rates))
     print("[adt.prepare] done: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
           flush=True)
     return True
@@ -268,7 +291,7 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
                  force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
                  log_output: bool = False, notebooks_dir: str | Path | None = None,
-                 workers: int | None = 0) -> Path:
+                 workers: int | None = 0, progress: bool = False) -> Path:
     """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
     and, once all have succeeded, move their results into place (:func:`plan_pipeline`
     says where); return the path of the merged manifest. A failing cell raises
@@ -278,15 +301,20 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
     one-thread processes by :mod:`adt.artifact.prepare` (None: one per core, what the
     command line asks for by default; 0 or 1, the default here: none); the notebooks then
-    reuse them."""
+    reuse them. With ``progress`` the batch shows where it is (jobs or notebooks done of
+    total, the cell, elapsed, ETA). The manifest records the batch, its package versions
+    too (:func:`adt.config.provenance.environment`)."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
-        if _prepare(plan, workers, force_retrain):
+        measured: dict[str, float] = {}
+        if _prepare(plan, workers, force_retrain, progress, measured):
             force_retrain = False  # retrained just now, by adt.artifact.prepare
         _seed(plan, staged_out)
-        timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state)
+        timings = _execute(plan, staged_out, staged_nb, force_retrain, log_output, state,
+                           progress)
         record_batch(staged_out, profile=plan.profile, device=plan.device,
-                     notebook_seconds=timings,
+                     notebook_seconds=timings, environment=environment(),
+                     **({"prepare_seconds_per_cost": measured} if measured else {}),
                      code=code_hashes(plan.source, plan.notebooks, executed_dir=staged_nb))
         with _sigint_deferred(state):
             manifest_path = _install(plan, staged_out, staged_nb)
@@ -313,36 +341,49 @@ def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=COMMITTED_PROFILE, choices=PROFILE_NAMES)
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+def _parser() -> argparse.ArgumentParser:
+    parser = command_parser("pipeline", __doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=COMMITTED_PROFILE, choices=PROFILE_NAMES,
+                        help="the profile whose tables and figures are regenerated")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where the notebooks train and attack (auto: the profile's)")
     parser.add_argument("--output-dir", default=None,
                         help="artefacts' folder (default: the profile's)")
     parser.add_argument("--executed-dir", default=None,
                         help="executed notebooks' folder (default: notebooks/ for "
                              f"{COMMITTED_PROFILE!r}, <output>/notebooks otherwise)")
     parser.add_argument("--notebooks-dir", default=None,
-                        help="run the notebooks of this folder instead of notebooks/")
-    parser.add_argument("--force-retrain", action="store_true")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="on a CPU, train and evaluate the runs first in this many "
-                             "one-thread processes (default: one per core; 0: off)")
+                        help="run the notebooks of this folder instead of notebooks/ (default: "
+                             "notebooks/)")
+    parser.add_argument("--force-retrain", action="store_true",
+                        help="retrain every run instead of reusing the finished ones")
+    add_workers(parser, "on a CPU, train and evaluate the runs first in this many one-thread "
+                        "processes (python -m adt.prepare); 0: no worker processes, the "
+                        "notebooks train and evaluate the runs themselves (1 does the same: "
+                        "one worker is slower than the notebook's threads)")
     parser.add_argument("--check-fresh", action="store_true",
                         help="run nothing; say whether the committed figures, tables and "
                              "notebooks were produced by the code in the tree and no file of "
                              "the output folder is missing from its manifest (exit 1 if not)")
-    parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS),
-                        help=f"names, in order (default: {' '.join(NOTEBOOKS)})")
-    args = parser.parse_args(argv)
+    parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), metavar="NAME",
+                        help="names, in order")
+    add_progress(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adt.pipeline``: bad input is refused before anything is touched (exit
+    code 2), a failing notebook is exit code 1, Ctrl-C 130."""
+    args = _parser().parse_args(argv)
     if args.check_fresh:
         return _report_freshness(args.output_dir, args.notebooks_dir)
     try:
         run_pipeline(args.profile, args.device, args.output_dir, args.executed_dir,
                      args.force_retrain, tuple(args.notebooks), log_output=True,
-                     notebooks_dir=args.notebooks_dir, workers=args.workers)
+                     notebooks_dir=args.notebooks_dir, workers=args.workers,
+                     progress=args.progress)
     except ValueError as err:
-        print(f"[adt.pipeline] refused: {err}", file=sys.stderr)
+        print(f"python -m adt.pipeline: error: {err}", file=sys.stderr)
         return 2
     except PipelineError as err:
         print(f"[adt.pipeline] FAILED: {err}\n[adt.pipeline] nothing was moved into place: "

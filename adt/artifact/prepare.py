@@ -27,11 +27,12 @@ that chapter 3 reads (:mod:`adt.artifact.conditioning`).
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,12 @@ class EvalJob:
     black_box: bool
     reference: bool
     methods: tuple[str, ...] = METHODS  # the black-box sources: the others of these
+
+    @property
+    def cost(self) -> float:
+        """Relative cost (for the ETA): a white-box table 1; the black-box rows (transfer
+        attacks from the other models) and the original-AutoAttack reference 1 more each."""
+        return 1.0 + self.black_box + self.reference
 
 
 def training_jobs(profile: Profile, methods: Sequence[str] = METHODS) -> list[TrainJob]:
@@ -164,17 +171,21 @@ def _evaluate(job: EvalJob, runs_root: str, force: bool) -> str:
 
 
 def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
-            force_retrain: bool = False, methods: Sequence[str] = METHODS) -> dict[str, float]:
+            force_retrain: bool = False, methods: Sequence[str] = METHODS,
+            progress: bool = True, prior: dict[str, float] | None = None,
+            rates: dict[str, float] | None = None) -> dict[str, float]:
     """Train, then evaluate, every job of ``profile`` (of ``methods``) in ``workers``
-    one-thread processes (default: the CPU count); returns the seconds of each stage.
-    Prints a line per job."""
+    one-thread processes (None: the CPU count; 0: in this process); returns the seconds of
+    each stage. Prints a line per job and the progress (:func:`_run_stages`: ``progress``,
+    ``prior``, ``rates``)."""
     return _run_stages((("train", training_jobs(profile, methods), _train),
                         ("evaluate", evaluation_jobs(profile, methods), _evaluate)),
-                       runs_root, workers, force_retrain)
+                       runs_root, workers, force_retrain, progress, prior, rates)
 
 
 def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int | None = None,
-                         force_retrain: bool = False, path: Path | None = None) -> Path:
+                         force_retrain: bool = False, path: Path | None = None,
+                         progress: bool = True) -> Path:
     """Run :func:`conditioning_jobs` in ``workers`` one-thread processes and write the record
     to ``path`` (default :func:`adt.artifact.conditioning.record_path`); returns the path."""
     from adt.artifact.conditioning import make_record, record_path
@@ -183,7 +194,7 @@ def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int |
 
     train_jobs, eval_jobs = conditioning_jobs(profile)
     _run_stages((("train", train_jobs, _train), ("evaluate", eval_jobs, _evaluate)), runs_root,
-                workers, force_retrain)
+                workers, force_retrain, progress)
     variant, data = conditioning_variant(profile), _data(profile)
     own = [_finished(profile, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
     others = [_finished(variant, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
@@ -194,23 +205,81 @@ def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int |
 
 
 def _run_stages(stages: Sequence[tuple[str, list[Any], Any]], runs_root: str | Path,
-                workers: int | None, force_retrain: bool) -> dict[str, float]:
-    workers = workers or os.cpu_count() or 1
-    seconds = {}
-    context = multiprocessing.get_context("spawn")
+                workers: int | None, force_retrain: bool, progress: bool = True,
+                prior: dict[str, float] | None = None,
+                rates: dict[str, float] | None = None) -> dict[str, float]:
+    """Run each stage's jobs (``fn(job, runs_root, force_retrain)`` returning a line) in
+    ``workers`` one-thread processes (None: one per core; 0: none, one after another in this
+    process); returns the seconds of each stage.
+
+    A line per finished job says which it was, k of N and the ETA; while jobs run, a status
+    line (jobs done of total, elapsed, ETA) is live on a terminal and printed every minute
+    otherwise (:class:`adt.core.progress.Reporter`; ``progress=False`` or ``ADT_PROGRESS=0``:
+    none). The ETA starts from ``prior`` (seconds per unit of a job's ``cost``, by stage,
+    measured by an earlier batch) and follows the finished jobs; their measured values are
+    put into ``rates`` when given."""
+    from adt.core.progress import JobProgress, Reporter, duration
+
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    seconds: dict[str, float] = {}
+    reporter = Reporter("[adt.prepare]", progress)
     for stage, jobs, fn in stages:
         started = time.perf_counter()
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
-            futures = {pool.submit(fn, job, str(runs_root), force_retrain): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    print(f"[adt.prepare] {future.result()}", flush=True)
-                except Exception as err:  # the notebook runs it again and shows the error
-                    print(f"[adt.prepare] {stage} {LABELS[job.method]} seed {job.seed} "
-                          f"failed: {type(err).__name__}: {err}", flush=True)
+        tracker = JobProgress([getattr(job, "cost", 1.0) for job in jobs], max(workers, 1),
+                              (prior or {}).get(stage))
+
+        def line(stage: str = stage, tracker: JobProgress = tracker) -> str:
+            return f"{stage}: {tracker.line()}"
+
+        reporter.status(line(), force=True)
+        reporter.start_ticker(line)
+        try:
+            for index, text, err in _outcomes(jobs, fn, str(runs_root), force_retrain, workers,
+                                              tracker):
+                job = jobs[index]
+                if err is not None:  # the notebook runs it again and shows the error
+                    text = (f"{stage} {LABELS[job.method]} seed {job.seed} failed: "
+                            f"{type(err).__name__}: {err}")
+                reporter.event(f"{tracker.done}/{tracker.total} {text}; ETA "
+                               f"{duration(tracker.eta())}")
+                reporter.status(line(), force=True)
+        finally:
+            reporter.close()
         seconds[stage] = round(time.perf_counter() - started, 1)
+        if rates is not None and tracker.seconds_per_cost() is not None:
+            rates[stage] = round(tracker.seconds_per_cost(), 3)
     return seconds
+
+
+def _outcomes(jobs: Sequence[Any], fn: Any, runs_root: str, force: bool, workers: int,
+              tracker: Any) -> Iterator[tuple[int, str | None, Exception | None]]:
+    """``(index, line, None)`` or ``(index, None, error)`` per job as it finishes, the
+    tracker told when each starts and ends."""
+    if workers == 0:
+        for index, job in enumerate(jobs):
+            tracker.start(index)
+            try:
+                text, err = fn(job, runs_root, force), None
+            except Exception as error:
+                text, err = None, error
+            tracker.finish(index)
+            yield index, text, err
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        futures = {pool.submit(fn, job, runs_root, force): i for i, job in enumerate(jobs)}
+        waiting = list(range(len(jobs)))
+        for _ in range(min(workers, len(jobs))):  # a worker takes the next job as one ends
+            tracker.start(waiting.pop(0))
+        for future in as_completed(futures):
+            index = futures[future]
+            tracker.finish(index)
+            if waiting:
+                tracker.start(waiting.pop(0))
+            try:
+                yield index, future.result(), None
+            except Exception as error:
+                yield index, None, error
 
 
 def _images_per_second(profile: Profile, method: str, steps: int) -> float:
@@ -244,16 +313,15 @@ def worker_throughput(profile: Profile, method: str = "pgd_at", workers: int | N
             "speedup": [b / a for a, b in zip(one, many, strict=True)]}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    import json
+def _parser() -> argparse.ArgumentParser:
+    from adt.config.profiles import PROFILES
+    from adt.core.commands import add_progress, add_runs_root, add_workers, command_parser
 
-    from adt.config.profiles import PROFILES, get_profile
-
-    parser = argparse.ArgumentParser(prog="python -m adt.prepare", description=__doc__.split(
-        "\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
-    parser.add_argument("--workers", type=int, default=None, help="default: one per core")
+    parser = command_parser("prepare", __doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="the profile whose runs are trained and evaluated")
+    add_workers(parser, "train and evaluate the runs in this many one-thread processes; 0: "
+                        "no worker processes, the jobs run one after another in this process")
     parser.add_argument("--measure", action="store_true",
                         help="measure the speed-up of one-thread workers (writes "
                              "benchmarks/workers-<profile>.json) instead of preparing the runs")
@@ -261,24 +329,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run ledger row b's experiment (the amortised methods with the "
                              "other generator input, every seed; ~11 min on 2 cores at quick) "
                              "and write benchmarks/conditioning-<profile>.json for chapter 3")
-    parser.add_argument("--runs-root", default="data/runs")
+    add_runs_root(parser)
+    add_progress(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m adt.prepare``: bad input ends in a usage error (exit code 2) before any
+    work."""
+    from adt.config.profiles import get_profile
+    from adt.core.io import write_json
+
+    parser = _parser()
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     if args.conditioning:
-        print(f"wrote {prepare_conditioning(profile, args.runs_root, args.workers)}")
+        path = prepare_conditioning(profile, args.runs_root, args.workers,
+                                    progress=args.progress)
+        print(f"wrote {path}")
         return 0
     if args.measure:
+        if args.workers == 0:
+            parser.error("--measure compares worker processes: give --workers 1 or more (or "
+                         "leave it out: one per core)")
         result = worker_throughput(profile, workers=args.workers)
         print(f"{result['method']}: one process on {result['workers']} threads "
               + ", ".join(f"{v:.0f}" for v in result["one_process_images_per_s"])
               + f" images/s; {result['workers']} one-thread processes "
               + ", ".join(f"{v:.0f}" for v in result["workers_images_per_s"])
               + " images/s; speed-up " + ", ".join(f"{v:.2f}x" for v in result["speedup"]))
-        out = Path("benchmarks") / f"workers-{profile.name}.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        out = write_json(result, Path("benchmarks") / f"workers-{profile.name}.json")
         print(f"wrote {out}")
         return 0
-    print(prepare(profile, args.runs_root, args.workers))
+    print(prepare(profile, args.runs_root, args.workers, progress=args.progress))
     return 0
 
 

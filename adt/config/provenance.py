@@ -28,10 +28,16 @@ __all__ = ["REPO_ROOT", "MANIFEST", "PROFILE_NAMES", "COMMITTED_PROFILE", "TEMPO
            "CUDA_PROFILES", "git_commit", "checkout_tag", "default_output_dir",
            "read_manifest", "manifest_artefacts", "record_artefact", "record_batch",
            "merge_manifests", "code_hashes", "notebook_code_hash", "file_hash",
-           "check_fresh", "orphans"]
+           "check_fresh", "orphans", "environment", "LOCK_FILES", "RECORDED_PACKAGES"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "MANIFEST.json"
+#: The lock files pinning every package (``tools/lock.py``; ``make`` installs them).
+LOCK_FILES = ("requirements.lock", "requirements-torch.lock")
+#: The packages whose versions a batch records by name (the rest: through the lock's hash).
+RECORDED_PACKAGES = ("torch", "torchvision", "torchattacks", "pyautoattack", "numpy", "scipy",
+                     "scikit-learn", "matplotlib", "seaborn", "mlxtend", "tqdm", "filelock",
+                     "papermill", "nbclient", "ipykernel")
 
 #: The named profiles of ``adt.config.profiles`` (a test keeps the two lists equal).
 PROFILE_NAMES = ("smoke", "quick", "fashion", "cifar", "paper")
@@ -150,6 +156,25 @@ def record_artefact(output_dir: Path, name: str, entry: dict[str, Any]) -> None:
     manifest["artefacts"][name] = {**entry, "sha256": files, "code": code,
                                    "commit": git_commit(), "created": _now()}
     write_json(manifest, Path(output_dir) / MANIFEST)
+
+
+def environment(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """What a batch ran on: Python, the platform, the installed versions of
+    :data:`RECORDED_PACKAGES` and the SHA-256 of each lock file (the Makefile's install
+    checks that every package holds the lock's version: ``tools/lock.py check``)."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
+            "packages": {name: version(name) for name in RECORDED_PACKAGES},
+            "locks": {name: file_hash(Path(root) / name) if (Path(root) / name).is_file()
+                      else None for name in LOCK_FILES}}
 
 
 def record_batch(output_dir: Path, **fields: Any) -> Path:

@@ -14,7 +14,9 @@ import torch
 
 from adt.attack.spec import AttackSpec
 from adt.config.profiles import PROFILES, EvalSettings, get_profile
+from adt.core.commands import add_progress, command_parser, int_at_least
 from adt.core.data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
+from adt.core.progress import progress_mode
 from adt.core.runtime import resolve_device
 from adt.evaluation.checkpoints import LoadedCheckpoint, load_checkpoint, released_models
 from adt.evaluation.checks import SanityChecks
@@ -127,19 +129,39 @@ def _epsilon(text: str) -> float:
     return value
 
 
+#: The first bytes of a file written by torch.save: a zip archive, or (before PyTorch 1.6)
+#: a pickle.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint file (None when it may be one, or is a folder)."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_TORCH_MAGIC):
+        return None
+    return (f"--checkpoint {path} is not a PyTorch checkpoint (a file written by torch.save: "
+            "a zip archive or a pickle); give a .pt file such as data/release/adt_exp.pt, "
+            "or a run folder such as data/runs/quick/mnist5k/adt_exp-seed0")
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(
-        prog="python -m adt.evaluate",
-        description="Evaluate any classifier checkpoint (the authors' released models, or a run "
-                    "of this artifact) under the paper's attacks; writes the robustness table "
-                    "as JSON and prints it.")
+    parser = command_parser(
+        "evaluate",
+        "Evaluate any classifier checkpoint (the authors' released models, or a run of this "
+        "artifact) under the paper's attacks; writes the robustness table as JSON and prints "
+        "it.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a .pt file (e.g. data/release/adt_exp.pt) or a run folder")
-    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS))
+                        help="a .pt file (e.g. data/release/adt_exp.pt) or a run folder "
+                             "(required)")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
+                        help="the dataset whose test images are attacked")
     rows = [s.name for s in checkpoint_attacks(EvalSettings(), 8 / 255, 10)]
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
                         help=f"rows to run, by name (default: all: {', '.join(rows)})")
-    parser.add_argument("--examples", type=int, default=None,
+    parser.add_argument("--examples", type=int_at_least(1), default=None,
                         help="first N test images (default: the protocol's, at most the split)")
     parser.add_argument("--epsilon", type=_epsilon, default=None,
                         help="l_inf budget, e.g. 8/255 (default: the dataset's)")
@@ -147,20 +169,21 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         help="whose evaluation settings (steps, AutoAttack version, queries) to "
                              "use (default: paper, the full protocol with AutoAttack standard)")
     parser.add_argument("--data-root", default="data", help="where the dataset lives")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model and the attacks run (auto: CUDA if available)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=None,
                         help="default: the protocol's (200)")
     parser.add_argument("--no-sanity", action="store_true",
                         help="skip the checks against false robustness and their extra runs")
     parser.add_argument("--output", default=None,
                         help="JSON file of the table (default: <checkpoint>.eval.json)")
+    add_progress(parser)
     args = parser.parse_args(argv)
-    for option in ("examples", "batch_size"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            parser.error(f"--{option.replace('_', '-')} {value} must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but CUDA is not available on this machine; use --device cpu")
+    problem = _not_a_checkpoint(Path(args.checkpoint))
+    if problem:
+        parser.error(problem)
     return parser, args
 
 
@@ -186,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = evaluate_checkpoint(loaded, args.dataset, attacks=args.attacks,
                                 n_examples=args.examples, data=data, device=dev,
                                 batch_size=args.batch_size, epsilon=epsilon, settings=settings,
-                                sanity=not args.no_sanity, output=args.output, progress=True)
+                                sanity=not args.no_sanity, output=args.output,
+                                progress=progress_mode(args.progress) != "off")
     print(f"\n{table.to_markdown()}\n")
     print(f"A_rob {100 * table.robust_accuracy:.2f}% on {table.n_examples} test images; wrote "
           f"{args.output or _default_output(loaded.path)}")

@@ -129,24 +129,31 @@ def _plan_sanity(checks: SanityChecks, specs: list[AttackSpec]
 
 
 def _evaluate_row(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor,
-                  batch_size: int, autocast: bool) -> torch.Tensor:
+                  batch_size: int, autocast: bool, progress: bool = False) -> torch.Tensor:
     """Per-example correctness under one attack; its outputs are checked against the
-    epsilon ball and [0, 1] (one host sync per row)."""
+    epsilon ball and [0, 1] (one host sync per row). With ``progress``, a bar counts the
+    row's attacked images batch by batch (a long AutoAttack or Square row moves)."""
     device = x.device
     n = len(x) if spec.n_examples is None else min(spec.n_examples, len(x))
     eps = spec.settings.get("epsilon", 0.0 if spec.attack is None else math.inf)
     excess = [torch.zeros((), device=device)]
     pool = {"target_pool": (x, y)} if spec.uses_pool else {}
 
+    bar = tqdm(total=n, desc=spec.name, unit="image", leave=False,
+               disable=not progress or spec.attack is None)
+
     def attacked(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with bf16_autocast(device, autocast and not spec.float32):
             x_adv = spec(model, xb, yb, **pool)
         excess[0] = torch.maximum(excess[0], torch.stack([
             ((x_adv - xb).abs() - eps).amax(), -x_adv.amin(), x_adv.amax() - 1]).amax())
+        bar.update(len(xb))
         return x_adv
 
-    correct = correct_predictions(model, x[:n], y[:n], batch_size=batch_size, perturb=attacked,
-                                  autocast=functools.partial(bf16_autocast, device, autocast))
+    with bar:
+        correct = correct_predictions(model, x[:n], y[:n], batch_size=batch_size,
+                                      perturb=attacked,
+                                      autocast=functools.partial(bf16_autocast, device, autocast))
     if float(excess[0]) > 1e-5:
         raise RuntimeError(f"attack {spec.name!r} returned images outside the epsilon={eps} ball "
                            f"or [0, 1] (by {float(excess[0]):.3g}); fix the attack function")
@@ -168,7 +175,8 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
     ``autocast``. The global RNG is reseeded with ``seed`` inside and restored after, so a
     table is reproducible and leaves no trace. A failed sanity check warns
     (:class:`~adt.evaluation.sanity.GradientMaskingWarning`) or, with ``strict``, raises
-    :class:`~adt.evaluation.sanity.GradientMaskingError`.
+    :class:`~adt.evaluation.sanity.GradientMaskingError`. With ``progress``, one bar counts
+    the rows and another the images of the row running.
     """
     specs = _checked_specs(attacks)
     check_int_at_least(batch_size, 1, "batch_size", "200")
@@ -187,14 +195,14 @@ def robustness_table(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, 
         for i, spec in enumerate(tqdm(specs, desc="attacks", disable=not progress)):
             started = time.perf_counter()
             if spec.survivors_of is None:
-                row = _evaluate_row(model, spec, x, y, batch_size, autocast).cpu()
+                row = _evaluate_row(model, spec, x, y, batch_size, autocast, progress).cpu()
             else:  # a cascade: the earlier row AND this attack on that row's survivors
                 row = correct[[s.name for s in specs].index(spec.survivors_of)].clone()
                 alive = row.nonzero().squeeze(1)
                 if len(alive):
                     index = alive.to(device)
                     row[alive] = _evaluate_row(model, spec, x[index], y[index], batch_size,
-                                               autocast).cpu()
+                                               autocast, progress).cpu()
             correct[i, :len(row)] = row
             n_evaluated.append(len(row))
             seconds.append(time.perf_counter() - started)

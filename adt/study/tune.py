@@ -27,9 +27,7 @@ validation results, ``validation.json`` in each run folder) and writes
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -164,20 +162,29 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adt.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick")
-    parser.add_argument("--validation-examples", type=int, default=1000)
-    parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT))
-    parser.add_argument("--device", default="cpu")
+    """``python -m adt.tune``: bad input ends in a usage error (exit code 2) before any work."""
+    from adt.config.profiles import PROFILES
+    from adt.core.commands import add_runs_root, command_parser, device_name, int_at_least
+    from adt.core.runtime import resolve_device
+
+    parser = command_parser("tune", __doc__)
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="the profile whose recipe is chosen")
+    parser.add_argument("--validation-examples", type=int_at_least(1), default=1000,
+                        metavar="N", help="training images held out as the validation split")
+    add_runs_root(parser, str(DEFAULT_RUNS_ROOT))
+    parser.add_argument("--device", type=device_name, default="cpu",
+                        help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None,
                         help="JSON file (default: benchmarks/tune-<profile>.json)")
     args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     result = tune(args.profile, validation_examples=args.validation_examples,
                   runs_root=Path(args.runs_root) / "tune", device=args.device, progress=True)
-    output = Path(args.output or f"benchmarks/tune-{args.profile}.json")
-    output.write_text(json.dumps(result, indent=1) + "\n")
+    output = write_json(result, args.output or f"benchmarks/tune-{args.profile}.json")
     print(f"chosen: lr {result['chosen']['lr']:g}, {result['chosen']['epochs']} epochs; "
           f"wrote {output}")
     return 0
-

@@ -32,6 +32,14 @@ from tqdm.auto import tqdm
 
 from adt.config.profiles import PROFILES, Profile, Recipe, get_profile
 from adt.core._checks import check_choice, check_int_at_least
+from adt.core.commands import (
+    USER_ERRORS,
+    add_progress,
+    add_runs_root,
+    command_parser,
+    device_name,
+    int_at_least,
+)
 from adt.core.data import ImageDataset, load_dataset
 from adt.core.primitives import correct_predictions
 from adt.core.runtime import autocast, resolve_device
@@ -313,29 +321,30 @@ def _override_help() -> str:
 def _parser() -> argparse.ArgumentParser:
     profiles = "\n".join(f"  {n:8s} {p.description}" for n, p in PROFILES.items())
     methods = "\n".join(f"  {m:11s} {LABELS[m]}" for m in REGISTRY)
-    parser = argparse.ArgumentParser(
-        prog="python -m adt.train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train one (method, seed) of a profile (Algorithm 1), or resume it. "
-                    "Under torchrun (torchrun --nproc_per_node=N -m adt.train ...) the run is "
-                    "data-parallel over N processes.",
+    parser = command_parser(
+        "train",
+        "Train one (method, seed) of a profile (Algorithm 1), or resume it. Under torchrun "
+        "(torchrun --nproc_per_node=N -m adt.train ...) the run is data-parallel over N "
+        "processes.",
         epilog=f"profiles:\n{profiles}\n\nmethods:\n{methods}\n\noverrides (FIELD=VALUE, "
                f"values as Python literals):\n{_override_help()}\n\nexample:\n  python -m "
                "adt.train --profile quick --method adt_exp --seed 1 recipe.epochs=2")
-    parser.add_argument("--profile", required=True, choices=list(PROFILES))
-    parser.add_argument("--method", required=True, choices=list(REGISTRY))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT),
-                        help="where the run folder goes (default: %(default)s)")
-    parser.add_argument("--data-root", default="data",
-                        help="where the dataset files are (default: %(default)s)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or auto (default: the profile's; under torchrun CUDA "
-                             "devices follow LOCAL_RANK)")
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="the profile (named settings; see below)")
+    parser.add_argument("--method", required=True, choices=list(REGISTRY),
+                        help="the method to train (required; see below)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="the run's seed (model initialisation, data order, attacks)")
+    add_runs_root(parser, str(DEFAULT_RUNS_ROOT))
+    parser.add_argument("--data-root", default="data", help="where the dataset files are")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="auto, cpu, cuda or cuda:N (default: the profile's; under torchrun "
+                             "CUDA devices follow LOCAL_RANK)")
     parser.add_argument("--force-retrain", action="store_true",
                         help="discard the run folder's checkpoint and train from scratch")
     parser.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
                         help="under DDP, keep BatchNorm statistics per rank")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress(parser)
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
                         help="profile fields to change, e.g. recipe.epochs=2")
     return parser
@@ -368,7 +377,7 @@ def command_line(argv: list[str] | None = None) -> int:
     """``python -m adt.train``: :func:`main`, a bad input reported in one line (exit 2)."""
     try:
         main(argv)
-    except (ValueError, FileNotFoundError, PermissionError, RunLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (*USER_ERRORS, RunLockedError) as err:
+        print(f"python -m adt.train: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,8 @@ a variant never shares the folder of the profile it was made from:
 * ``metrics.json``: per epoch, loss, clean and PGD accuracy, times (a copy of the
   checkpoint's metrics, repaired from it on load when they disagree);
 * ``eval.json`` once evaluated (:mod:`adt.evaluation.stored`);
-* ``.lock`` while a process trains the run (:class:`RunLock`): one writer per folder.
+* ``.lock``, locked while a process trains the run (:class:`RunLock`): one writer per
+  folder.
 
 A finished run is reused; an unfinished one resumes from its last epoch and ends
 exactly where an uninterrupted run would (on CPU, bit for bit, at a fixed thread count).
@@ -20,8 +21,6 @@ A run's modules are built, seeded and restored by :mod:`adt.training.modules`.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from adt.config.profiles import PROFILES, Profile
@@ -43,7 +43,7 @@ from adt.method.inner import InnerMaximizer
 
 __all__ = ["Run", "DEFAULT_RUNS_ROOT", "CHECKPOINT", "METRICS", "LOCK", "run_dir",
            "run_identity", "identity_hash", "profile_folder", "variant_of", "state_hash",
-           "RunLock", "RunLockedError", "prepare_run_folder", "clear_run_folder",
+           "RunLock", "RunLockedError", "is_locked", "prepare_run_folder", "clear_run_folder",
            "new_metrics", "record_epoch", "save_checkpoint", "read_checkpoint", "restore_modules",
            "restore_training", "reconcile_metrics"]
 
@@ -164,43 +164,36 @@ def clear_run_folder(path: Path) -> None:
             entry.unlink()
 
 
+def _write_pid(fd: int) -> None:
+    """Put this process's PID in the lock file just locked (``fd``)."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
+
+
 class RunLock:
-    """An exclusive ``fcntl`` lock on ``<run folder>/.lock``, held while a process trains
-    the run; the lock file holds the holder's PID and is removed on release. A second
-    writer fails at once (:class:`RunLockedError`) naming the holder's PID. The kernel
-    drops the lock when the holder dies (even by ``kill -9``), so a stale file blocks
-    nobody."""
+    """An exclusive lock on ``<run folder>/.lock`` (:class:`filelock.FileLock`: ``flock``
+    on Linux and macOS, ``msvcrt`` locking on Windows), held while a process trains the run;
+    the lock file holds the holder's PID. A second writer (another process, or another
+    ``RunLock`` in this one) fails at once (:class:`RunLockedError`) naming the holder's PID.
+    The operating system drops the lock when the holder dies (even by ``kill -9``); the file
+    stays (waiters share its inode) and a stale one blocks nobody."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK
-        self._fd: int | None = None
+        self._lock: FileLock | None = None
 
     def __enter__(self) -> RunLock:
         prepare_run_folder(self.path.parent)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                os.close(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                raise RunLockedError(
-                    f"the run folder {self.path.parent} is being trained by process "
-                    f"{self._holder()} (it holds {self.path}); wait for it to finish, or train "
-                    "this run elsewhere (another runs_root)") from None
-            # the holder before us may have removed the file after we opened it: lock the
-            # file that is at the path now
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        lock = FileLock(self.path, timeout=0, on_acquired=_write_pid)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunLockedError(
+                f"the run folder {self.path.parent} is being trained by process "
+                f"{self._holder()} (it holds {self.path}); wait for it to finish, or train "
+                "this run elsewhere (another runs_root)") from None
+        self._lock = lock
         return self
 
     def _holder(self) -> str:
@@ -211,12 +204,23 @@ class RunLock:
         return f"PID {pid}" if pid else "of unknown PID"
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)  # while still locked: nobody can take it meanwhile
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a process holds the run folder's lock (:class:`RunLock`) now."""
+    path = Path(folder) / LOCK
+    if not path.is_file():
+        return False
+    probe = FileLock(path, timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def _rng_state() -> dict[str, Any]:

@@ -15,8 +15,6 @@ and every ``--every`` seconds; each run's output goes to ``<profile folder>/logs
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import json
 import os
 import shlex
@@ -28,9 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adt.config.profiles import PROFILES, Profile, get_profile
+from adt.core.commands import (
+    USER_ERRORS,
+    add_runs_root,
+    command_parser,
+    int_at_least,
+    positive_float,
+)
 from adt.method.methods import METHODS, REGISTRY
 from adt.training.loop import parse_overrides
-from adt.training.runs import DEFAULT_RUNS_ROOT, LOCK, METRICS, profile_folder, run_dir
+from adt.training.runs import DEFAULT_RUNS_ROOT, METRICS, is_locked, profile_folder, run_dir
 
 __all__ = ["Job", "RunStatus", "run_status", "status_table", "train_command", "gpu_groups",
            "slurm_script", "sweep", "main"]
@@ -57,25 +62,6 @@ class RunStatus:
     eta_s: float | None  # the remaining epochs at the mean epoch time so far
 
 
-def _locked(folder: Path) -> bool:
-    """Whether a process holds the run folder's lock (:class:`adt.training.runs.RunLock`) now."""
-    try:
-        fd = os.open(folder / LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def run_status(profile: Profile, job: Job, runs_root: str | Path) -> RunStatus:
     """The run's state, epochs done and ETA, read from its folder (never from the GPU)."""
     folder = run_dir(profile, job.method, job.seed, runs_root)
@@ -92,7 +78,7 @@ def run_status(profile: Profile, job: Job, runs_root: str | Path) -> RunStatus:
     if history and not finished:
         per_epoch = sum(r["train_time_s"] + r["eval_time_s"] for r in history) / len(history)
         eta = per_epoch * (epochs - done)
-    state = ("finished" if finished else "running" if _locked(folder)
+    state = ("finished" if finished else "running" if is_locked(folder)
              else "partial" if history else "not started")
     return RunStatus(job, state, done, epochs, eta)
 
@@ -228,33 +214,43 @@ def sweep(profile: Profile, jobs: Sequence[Job], runs_root: Path,
     return sum(n.startswith("failed") for n in notes.values())
 
 
+def _gpu_list(text: str) -> str:
+    """An argparse type: ``cpu`` or comma-separated GPU ids (0,1,...)."""
+    if text == "cpu" or all(part.isdigit() for part in text.split(",")):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a GPU list; give comma-separated GPU ids "
+                                     "such as 0,1,2,3, or cpu")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m adt.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0],
+    parser = command_parser(
+        "sweep", __doc__.split("\n\n")[0],
         epilog="Overrides (FIELD=VALUE) are passed to every `python -m adt.train`; see its "
                "--help. A run that is training already (its folder is locked) is left alone.")
-    parser.add_argument("--profile", required=True, choices=list(PROFILES))
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
+                        help="the profile whose runs are trained")
     parser.add_argument("--methods", nargs="+", choices=list(REGISTRY), default=list(METHODS),
-                        help="default: every method")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="default: the profile's seeds")
-    parser.add_argument("--gpus", default=None,
+                        help="the methods to train")
+    parser.add_argument("--seeds", nargs="+", type=int_at_least(0), default=None,
+                        help="the seeds to train (default: the profile's seeds)")
+    parser.add_argument("--gpus", type=_gpu_list, default=None,
                         help="comma-separated GPU ids, e.g. 0,1,2,3 (default: every visible "
                              "GPU), or `cpu` to train one run at a time on the CPU")
-    parser.add_argument("--gpus-per-run", type=int, default=1,
+    parser.add_argument("--gpus-per-run", type=int_at_least(1), default=1,
                         help="GPUs per run; above 1 each run is started with torchrun")
-    parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT))
-    parser.add_argument("--data-root", default=None, help="passed to adt.train")
+    add_runs_root(parser, str(DEFAULT_RUNS_ROOT))
+    parser.add_argument("--data-root", default="data",
+                        help="where the dataset files are, passed to adt.train")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the status table and the commands; start nothing")
     parser.add_argument("--slurm", metavar="FILE", default=None,
                         help="write an sbatch array-job script for the unfinished runs; start "
-                             "nothing")
+                             "nothing (default: no script)")
     parser.add_argument("--slurm-time", default="24:00:00", help="the array tasks' --time")
-    parser.add_argument("--every", type=float, default=300,
-                        help="seconds between status tables while running (default 300)")
-    parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE")
+    parser.add_argument("--every", type=positive_float, default=300,
+                        help="seconds between status tables while running")
+    parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
+                        help="profile fields to change, e.g. recipe.epochs=2")
     return parser
 
 
@@ -264,12 +260,26 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _groups(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """The GPU groups of the command line, checked (ValueError saying what to give)."""
+    if args.gpus == "cpu":
+        return [("cpu",)]
+    gpus = args.gpus.split(",") if args.gpus else _visible_gpus()
+    if not gpus and not args.dry_run and not args.slurm:
+        raise ValueError("no GPU visible: pass --gpus 0,1,... or --gpus cpu")
+    return gpu_groups(gpus or [str(i) for i in range(args.gpus_per_run)], args.gpus_per_run)
+
+
 def main(argv: Sequence[str] | None = None, out=sys.stdout) -> int:
+    """The sweep (``python -m adt.sweep --help``); returns the number of failed runs. Every
+    input is checked before the status table is printed."""
     args = _parser().parse_args(argv)
     profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    groups = _groups(args)
     seeds = args.seeds if args.seeds is not None else list(profile.seeds)
     jobs = [Job(m, s) for m in args.methods for s in seeds]
-    extra = [*(["--data-root", args.data_root] if args.data_root else []), *args.overrides]
+    extra = [*(["--data-root", args.data_root] if args.data_root != "data" else []),
+             *args.overrides]
     statuses = [run_status(profile, j, args.runs_root) for j in jobs]
     todo = [s.job for s in statuses if s.state not in ("finished", "running")]
     print(status_table(statuses), file=out)
@@ -281,15 +291,8 @@ def main(argv: Sequence[str] | None = None, out=sys.stdout) -> int:
         print(f"wrote {args.slurm}: an array of {len(todo)} task(s); submit with "
               f"`sbatch {args.slurm}`", file=out)
         return 0
-    if args.gpus == "cpu":
-        groups = [("cpu",)]
+    if groups == [("cpu",)]:
         extra = [*extra, "--device", "cpu"]
-    else:
-        gpus = args.gpus.split(",") if args.gpus else _visible_gpus()
-        if not gpus and not args.dry_run:
-            raise ValueError("no GPU visible: pass --gpus 0,1,... or --gpus cpu")
-        groups = gpu_groups(gpus or [str(i) for i in range(args.gpus_per_run)],
-                            args.gpus_per_run)
     if args.dry_run:
         print(f"\n{len(todo)} run(s) to train, {len(groups)} at a time "
               f"({args.gpus_per_run} GPU(s) each); in order, on the next free group:", file=out)
@@ -308,6 +311,6 @@ def command_line(argv: list[str] | None = None) -> int:
     0), a bad input reported in one line (exit 2)."""
     try:
         return 1 if main(argv) else 0
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"python -m adt.sweep: error: {err}", file=sys.stderr)
         return 2

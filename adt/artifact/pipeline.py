@@ -53,7 +53,6 @@ from adt.config.provenance import (
     read_manifest,
     record_batch,
 )
-from adt.core.commands import add_progress, add_workers, command_parser
 from adt.core.io import atomic_write, write_json
 
 __all__ = ["run_pipeline", "PipelineError", "PipelineInterrupted", "clean_executed", "main"]
@@ -342,6 +341,8 @@ def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from adt.core.commands import add_progress, add_workers, command_parser
+
     parser = command_parser("pipeline", __doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=COMMITTED_PROFILE, choices=PROFILE_NAMES,
                         help="the profile whose tables and figures are regenerated")

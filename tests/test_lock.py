@@ -85,6 +85,25 @@ def test_the_run_lock_is_filelocks_and_names_its_holder(tmp_path: Path) -> None:
                 RunLock(folder):
             pass
         assert is_locked(folder)  # the refused second writer did not release it
-    assert not is_locked(folder)
+    assert not is_locked(folder) and not (folder / LOCK).exists()  # removed on release
     with RunLock(folder):  # free again
         pass
+
+
+def test_a_lock_file_replaced_while_waiting_is_not_taken(tmp_path: Path, monkeypatch) -> None:
+    """A process that locks a file its holder has just removed must not count as holding the
+    run (another may lock the new file): it tries again, on the file at the path."""
+    import adt.training.runs as runs
+
+    folder, real_stat, calls = tmp_path / "run", os.stat, []
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(LOCK) and not calls:  # the first look: the file is gone
+            calls.append(path)
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs.os, "stat", stat)
+    with RunLock(folder):
+        assert calls and is_locked(folder)
+        assert (folder / LOCK).read_text() == str(os.getpid())

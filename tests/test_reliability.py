@@ -56,7 +56,6 @@ from adt.training.runs import (
     METRICS,
     RunLock,
     RunLockedError,
-    is_locked,
     profile_folder,
     run_dir,
     state_hash,
@@ -490,7 +489,7 @@ def test_a_second_writer_fails_at_once_naming_the_holder(mnist, tmp_path) -> Non
         holder.wait(timeout=30)
         assert (path / LOCK).exists()
         run = _train(tmp_path, mnist)
-        assert run.finished and not is_locked(path)  # the file stays, unlocked
+        assert run.finished and not (path / LOCK).exists()
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -507,7 +506,7 @@ def test_the_lock_is_held_while_training_and_released_after(mnist, tmp_path) -> 
         seen.append(batch)
 
     _train(tmp_path, mnist, on_batch_end=probe)
-    assert seen == [0, 1] and not is_locked(path)
+    assert seen == [0, 1] and not (path / LOCK).exists()
     with RunLock(path):  # free again
         pass
 

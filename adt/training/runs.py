@@ -11,8 +11,7 @@ a variant never shares the folder of the profile it was made from:
 * ``metrics.json``: per epoch, loss, clean and PGD accuracy, times (a copy of the
   checkpoint's metrics, repaired from it on load when they disagree);
 * ``eval.json`` once evaluated (:mod:`adt.evaluation.stored`);
-* ``.lock``, locked while a process trains the run (:class:`RunLock`): one writer per
-  folder.
+* ``.lock`` while a process trains the run (:class:`RunLock`): one writer per folder.
 
 A finished run is reused; an unfinished one resumes from its last epoch and ends
 exactly where an uninterrupted run would (on CPU, bit for bit, at a fixed thread count).
@@ -21,6 +20,7 @@ A run's modules are built, seeded and restored by :mod:`adt.training.modules`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -164,36 +164,49 @@ def clear_run_folder(path: Path) -> None:
             entry.unlink()
 
 
-def _write_pid(fd: int) -> None:
-    """Put this process's PID in the lock file just locked (``fd``)."""
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, str(os.getpid()).encode())
+class _Replaced(Exception):
+    """The lock file was removed and made anew while this process waited to lock it."""
 
 
 class RunLock:
     """An exclusive lock on ``<run folder>/.lock`` (:class:`filelock.FileLock`: ``flock``
     on Linux and macOS, ``msvcrt`` locking on Windows), held while a process trains the run;
-    the lock file holds the holder's PID. A second writer (another process, or another
-    ``RunLock`` in this one) fails at once (:class:`RunLockedError`) naming the holder's PID.
-    The operating system drops the lock when the holder dies (even by ``kill -9``); the file
-    stays (waiters share its inode) and a stale one blocks nobody."""
+    the lock file holds the holder's PID and is removed on release (while still locked, so
+    that nobody takes it meanwhile; a process that locked the removed file retries). A
+    second writer (another process, or another ``RunLock`` in this one) fails at once
+    (:class:`RunLockedError`) naming the holder's PID. The operating system drops the lock
+    when the holder dies (even by ``kill -9``), so a stale file blocks nobody."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK
         self._lock: FileLock | None = None
 
+    def _claim(self, fd: int) -> None:
+        """On locking ``fd``: check that it is the file at the path now, write our PID."""
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise _Replaced
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, str(os.getpid()).encode())
+
     def __enter__(self) -> RunLock:
         prepare_run_folder(self.path.parent)
-        lock = FileLock(self.path, timeout=0, on_acquired=_write_pid)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RunLockedError(
-                f"the run folder {self.path.parent} is being trained by process "
-                f"{self._holder()} (it holds {self.path}); wait for it to finish, or train "
-                "this run elsewhere (another runs_root)") from None
-        self._lock = lock
+        while self._lock is None:
+            lock = FileLock(self.path, timeout=0, on_acquired=self._claim)
+            try:
+                lock.acquire()
+            except _Replaced:
+                continue
+            except Timeout:
+                raise RunLockedError(
+                    f"the run folder {self.path.parent} is being trained by process "
+                    f"{self._holder()} (it holds {self.path}); wait for it to finish, or train "
+                    "this run elsewhere (another runs_root)") from None
+            self._lock = lock
         return self
 
     def _holder(self) -> str:
@@ -204,9 +217,12 @@ class RunLock:
         return f"PID {pid}" if pid else "of unknown PID"
 
     def __exit__(self, *exc: object) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._lock is None:
+            return
+        with contextlib.suppress(OSError):  # Windows: filelock removes it on release
+            self.path.unlink(missing_ok=True)
+        self._lock.release()
+        self._lock = None
 
 
 def is_locked(folder: Path) -> bool:

@@ -47,7 +47,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(map(frozenset, (
     {"core"}, {"method", "attack"}, {"config"}, {"training"}, {"evaluation"}, {"study", "artifact"})))
 SUBPACKAGES = frozenset().union(*LAYERS)
 #: The command lines documented as ``python -m adt.<name>``: top-level shims.
-SHIMS = {"train", "evaluate", "pipeline", "sweep", "bench", "tune", "prepare"}
+SHIMS = {"train", "evaluate", "pipeline", "sweep", "bench", "tune", "prepare", "budget_study"}
 
 
 def _level(subpackage: str) -> int:

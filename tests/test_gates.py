@@ -21,17 +21,17 @@ from adt.study.gates import (
     NOT_TESTABLE,
     SUPPORTED,
     Gate,
-    a_rob_close_to_full_autoattack,
-    converged,
-    cost_measured,
+    a_rob_error,
     credible_baseline,
     credible_trades,
     distinct_models,
     enough_evidence,
+    flat_last_epochs,
     gated_verdict,
     gates_table,
-    per_seed_spread,
+    overstatement_bound,
     reliable_column,
+    sample_spread,
     stable_under_budget,
     verdict_category,
     working_generator,
@@ -76,24 +76,23 @@ def test_a_gate_is_frozen_and_gives_a_table_row():
 
 
 def test_thresholds_are_the_module_constants():
-    defaults = {(converged, "max_change"): G.CONVERGED_MAX_CHANGE,
-                (converged, "last"): G.CONVERGED_LAST,
-                (converged, "min_clean"): G.CONVERGED_MIN_CLEAN,
+    defaults = {(flat_last_epochs, "max_change"): G.FLAT_MAX_CHANGE,
+                (flat_last_epochs, "last"): G.FLAT_LAST,
+                (flat_last_epochs, "min_clean"): G.FLAT_MIN_CLEAN,
                 (credible_baseline, "floor"): G.BASELINE_FLOOR,
                 (credible_trades, "ratio"): G.TRADES_RATIO,
-                (a_rob_close_to_full_autoattack, "max_gap"): G.A_ROB_MAX_GAP,
-                (a_rob_close_to_full_autoattack, "min_examples"): G.A_ROB_MIN_EXAMPLES,
+                (a_rob_error, "level"): G.A_ROB_ERROR_LEVEL,
+                (overstatement_bound, "level"): G.A_ROB_ERROR_LEVEL,
+                (sample_spread, "min_ratio"): G.SPREAD_MIN_RATIO,
                 (working_generator, "min_margin"): G.GENERATOR_MIN_MARGIN,
                 (distinct_models, "max_agreement"): G.CLONE_MAX_AGREEMENT,
                 (distinct_models, "max_transfer_gap"): G.CLONE_MAX_TRANSFER_GAP,
-                (enough_evidence, "min_seeds"): G.MIN_SEEDS,
-                (cost_measured, "max_spread"): G.COST_MAX_SPREAD,
-                (cost_measured, "min_repeats"): G.COST_MIN_REPEATS}
+                (enough_evidence, "min_seeds"): G.MIN_SEEDS}
     for (fn, name), value in defaults.items():
         assert inspect.signature(fn).parameters[name].default == value, (fn.__name__, name)
-    assert (G.CONVERGED_MAX_CHANGE, G.BASELINE_FLOOR, G.TRADES_RATIO, G.A_ROB_MAX_GAP,
-            G.GENERATOR_MIN_MARGIN, G.CLONE_MAX_AGREEMENT, G.COST_MAX_SPREAD) == (
-        0.03, 0.75, 0.8, 0.01, 0.05, 0.95, 0.25)
+    assert (G.FLAT_MAX_CHANGE, G.BASELINE_FLOOR, G.TRADES_RATIO, G.A_ROB_ERROR_LEVEL,
+            G.GENERATOR_MIN_MARGIN, G.CLONE_MAX_AGREEMENT, G.SPREAD_MIN_RATIO, G.MIN_SEEDS) == (
+        0.03, 0.75, 0.8, 0.95, 0.05, 0.95, 0.1, 5)
 
 
 def test_the_gates_import_no_torch():
@@ -103,65 +102,65 @@ def test_the_gates_import_no_torch():
     assert result.returncode == 0, result.stderr
 
 
-# --- 1. converged -----------------------------------------------------------------------------
+# --- 1. flat last epochs -----------------------------------------------------------------------------
 
-def test_converged_reads_the_annealed_end_of_the_schedule():
+def test_flat_last_epochs_reads_the_annealed_end_of_the_schedule():
     # epochs 1-6 at the top lr, 7 and 8 decayed: the last two settled
     history = _history([0.1, 0.3, 0.6, 0.7, 0.78, 0.86, 0.89, 0.90], [0.05] * 6 + [0.005] * 2)
-    gate = converged(history, model="AT (PGD)")
+    gate = flat_last_epochs(history, model="AT (PGD)")
     assert gate.passed and gate.value == pytest.approx(0.01)
     assert "7: 0.890" in gate.detail and "8: 0.900" in gate.detail and "6:" not in gate.detail
     assert "lr 0.005" in gate.detail
     # a window across the decay sees its jump: one decayed epoch is not enough
-    jump = converged(_history([0.3, 0.6, 0.70, 0.72, 0.90], [0.01] * 4 + [0.001]))
+    jump = flat_last_epochs(_history([0.3, 0.6, 0.70, 0.72, 0.90], [0.01] * 4 + [0.001]))
     assert not jump.passed and "across a learning-rate decay" in jump.detail
 
 
-def test_converged_fails_on_a_trend_and_holds_at_the_boundary():
+def test_flat_last_epochs_fails_on_a_trend_and_holds_at_the_boundary():
     lrs = [0.1, 0.1, 0.01, 0.01]
-    assert not converged(_history([0.5, 0.6, 0.6, 0.7], lrs)).passed  # 0.6 -> 0.7
-    assert converged(_history([0.5, 0.6, 0.6, 0.63], lrs)).passed  # exactly 3 points
-    assert not converged(_history([0.5, 0.6, 0.6, 0.6301], lrs)).passed
-    assert converged(_history([0.5, 0.6, 0.6, 0.7], lrs), max_change=0.1).passed
+    assert not flat_last_epochs(_history([0.5, 0.6, 0.6, 0.7], lrs)).passed  # 0.6 -> 0.7
+    assert flat_last_epochs(_history([0.5, 0.6, 0.6, 0.63], lrs)).passed  # exactly 3 points
+    assert not flat_last_epochs(_history([0.5, 0.6, 0.6, 0.6301], lrs)).passed
+    assert flat_last_epochs(_history([0.5, 0.6, 0.6, 0.7], lrs), max_change=0.1).passed
     # last=3 takes the range over the window
-    three = converged(_history([0.2, 0.60, 0.65, 0.62], lrs), last=3)
+    three = flat_last_epochs(_history([0.2, 0.60, 0.65, 0.62], lrs), last=3)
     assert three.value == pytest.approx(0.05) and not three.passed
 
 
-def test_a_run_that_never_trained_is_not_converged():
+def test_a_run_that_never_trained_is_not_flat():
     flat = [{"epoch": e, "lr": 0.05, "pgd_accuracy": 0.084, "clean_accuracy": 0.084}
             for e in range(1, 9)]
-    gate = converged(flat, model="ADT_EXP seed 2")
+    gate = flat_last_epochs(flat, model="ADT_EXP seed 2")
     assert not gate.passed and gate.value == 0.0 and gate.reason == "never trained"
     assert "never trained" in gate.detail
     trained = [dict(r, clean_accuracy=0.97) for r in flat]
-    assert converged(trained).passed
-    assert converged(flat, min_clean=0.05).passed
+    assert flat_last_epochs(trained).passed
+    assert flat_last_epochs(flat, min_clean=0.05).passed
 
 
-def test_converged_with_few_epochs():
-    two = converged(_history([0.5, 0.51], [0.1, 0.1]), last=4)  # fewer than `last`: all
+def test_flat_last_epochs_with_few_epochs():
+    two = flat_last_epochs(_history([0.5, 0.51], [0.1, 0.1]), last=4)  # fewer than `last`: all
     assert two.passed and two.value == pytest.approx(0.01)
-    single = converged(_history([0.5], [0.05]))  # the smoke profile's one epoch
+    single = flat_last_epochs(_history([0.5], [0.05]))  # the smoke profile's one epoch
     assert not single.passed and single.value is None and "only 1 epoch" in single.detail
-    assert not converged([]).passed
+    assert not flat_last_epochs([]).passed
     unsorted = list(reversed(_history([0.5, 0.6, 0.61], [0.1, 0.1, 0.1])))
-    assert converged(unsorted).value == pytest.approx(0.01)
+    assert flat_last_epochs(unsorted).value == pytest.approx(0.01)
 
 
 # --- 2. stable under budget -------------------------------------------------------------------
 
-def test_stable_under_budget():
-    short, long = Interval(0.04, 0.01, 0.07), Interval(0.05, 0.02, 0.08)
-    gate = stable_under_budget(short, long, model="ADT_EXP vs AT")
-    assert gate.passed and gate.value == pytest.approx(0.01) and gate.kind == "budget"
-    flipped = stable_under_budget(short, Interval(-0.01, -0.04, 0.05))
-    assert not flipped.passed and "sign flips" in flipped.detail
-    moved = stable_under_budget(short, Interval(0.12, 0.09, 0.15))
-    assert not moved.passed and "outside" in moved.detail
-    # each estimate exactly at the other's interval edge: inside
-    assert stable_under_budget(Interval(0.02, 0.02, 0.06), Interval(0.06, 0.02, 0.08)).passed
-    assert gated_verdict("supported", [moved]) == BUDGET_SENSITIVE
+def test_stable_under_budget_asks_for_the_same_verdict_at_both_budgets():
+    short = _comparison(-0.08, -0.12, -0.04, seeds=8, verdict="contradicted")
+    long = _comparison(-0.05, -0.09, -0.01, seeds=8, verdict="contradicted")
+    gate = stable_under_budget(short, long, Interval(0.03, 0.0, 0.06), model="ADT_EXP vs AT",
+                               budgets=("8 epochs", "16 epochs"))
+    assert gate.passed and gate.value == pytest.approx(0.03) and gate.kind == "budget"
+    assert "8 epochs" in gate.detail and "change +0.030" in gate.detail
+    moved = stable_under_budget(short, _comparison(-0.02, -0.06, 0.02, seeds=8,
+                                                   verdict="inconclusive"))
+    assert not moved.passed and moved.reason == "budget-sensitive"
+    assert gated_verdict("contradicted", [moved]) == BUDGET_SENSITIVE
 
 
 # --- 3. credible baselines --------------------------------------------------------------------
@@ -251,14 +250,38 @@ def test_every_check_of_the_sanity_module_has_its_columns():
                                          "pgd_vs_autoattack"}
 
 
-def test_a_rob_close_to_full_autoattack():
-    assert a_rob_close_to_full_autoattack(0.01, examples=100).passed  # the boundary
-    assert a_rob_close_to_full_autoattack(-0.02, examples=100).passed  # A_rob below: fine
-    gate = a_rob_close_to_full_autoattack(0.011, examples=100)
-    assert not gate.passed and gate.value == pytest.approx(0.011)
-    few = a_rob_close_to_full_autoattack(0.0, examples=32)
-    assert not few.passed and "32 images" in few.detail
-    assert a_rob_close_to_full_autoattack(0.0, examples=32, min_examples=32).passed
+def test_the_overstatement_bound_is_clopper_pearson():
+    assert overstatement_bound(0, 120) == pytest.approx(1 - 0.05 ** (1 / 120))
+    assert overstatement_bound(2, 120) > 2 / 120
+    assert overstatement_bound(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        overstatement_bound(5, 3)
+
+
+def test_an_a_rob_error_voids_a_verdict_only_where_it_could_flip_it():
+    deficit = _comparison(-0.10, -0.15, -0.05, seeds=8, verdict="contradicted")
+    # A (the ADT model) overstated: its true A_rob lower, the deficit only widens
+    gate = a_rob_error(deficit, {"a": (3, 120), "b": (0, 120)}, model="ADT_EXP vs AT")
+    assert gate.passed and gate.value == pytest.approx(overstatement_bound(3, 120))
+    assert "widened to" in gate.detail
+    # B (the baseline) overstated enough to reach zero: the verdict could change
+    near = _comparison(-0.04, -0.06, -0.01, seeds=8, verdict="contradicted")
+    flips = a_rob_error(near, {"a": (0, 120), "b": (2, 120)})
+    assert not flips.passed and "inconclusive (was contradicted)" in flips.detail
+    assert gated_verdict("contradicted", [flips]).startswith(f"{NOT_TESTABLE}: a_rob_error")
+    # an inconclusive verdict cannot be flipped by widening
+    assert a_rob_error(_comparison(0.0, -0.05, 0.05, verdict="inconclusive"),
+                       {"a": (10, 120), "b": (10, 120)}).passed
+
+
+def test_sample_spread_needs_every_seed_to_spread():
+    gate = sample_spread([4.8, 5.0], [6.85, 6.86], model="ADT_EXP-AM")
+    assert gate.passed and gate.value == pytest.approx(4.8 / 6.85)
+    point = sample_spread([0.143, 5.0], [6.85, 6.85], model="ADT_IMP-AM")
+    assert not point.passed and "deterministic" in point.detail
+    assert sample_spread(0.685, 6.85).passed  # exactly a tenth
+    with pytest.raises(ValueError):
+        sample_spread([1.0, 2.0], [1.0])
 
 
 # --- 5. working generator -----------------------------------------------------------------------
@@ -295,55 +318,18 @@ def test_near_clones_need_both_agreement_and_lossless_transfer():
 
 # --- 7. enough evidence -------------------------------------------------------------------------
 
-def test_one_seed_is_not_enough():
-    gate = enough_evidence(_comparison(0.2, 0.15, 0.25, seeds=1), None)
+def test_fewer_than_five_seeds_are_not_enough():
+    gate = enough_evidence(_comparison(0.2, 0.15, 0.25, seeds=1))
     assert not gate.passed and gate.reason == "one seed"
     assert gated_verdict("supported", [gate]) == f"{INCONCLUSIVE}: one seed"
     # even a clear statistical verdict on one seed
     clear = paired_comparison(np.ones((1, 32)), np.zeros((1, 32)), n_boot=200)
     assert clear.verdict == "supported" and clear.seeds == 1
-    assert gated_verdict(clear.verdict, [enough_evidence(clear, None)]) == (
-        f"{INCONCLUSIVE}: one seed")
-
-
-def test_an_effect_within_the_seed_spread_is_not_enough():
-    small = enough_evidence(_comparison(0.02, 0.01, 0.03), 0.03)
-    assert not small.passed and small.value == 0.03
-    assert gated_verdict("supported", [small]) == f"{INCONCLUSIVE}: effect within the seed spread"
-    assert enough_evidence(_comparison(-0.04, -0.06, -0.02), 0.03).passed  # |effect|
-    assert enough_evidence(_comparison(0.03, 0.01, 0.05), 0.03).passed  # the boundary
-    ratio = _comparison(1.5, 1.2, 1.8, statistic="ratio")
-    assert enough_evidence(ratio, 0.4).passed and not enough_evidence(ratio, 0.6).passed
-    missing = enough_evidence(_comparison(0.2, 0.1, 0.3), None)
-    assert not missing.passed and missing.reason == "seed spread not measured"
-
-
-def test_per_seed_spread():
-    a = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-    b = np.zeros_like(a)
-    assert per_seed_spread(a, b) == pytest.approx(np.std([0.5, 0.75, 1.0], ddof=1))
-    assert per_seed_spread(a[0], b[0]) is None
-    assert per_seed_spread(a + 1, b + 1, statistic="ratio") == pytest.approx(
-        np.std([1.5, 1.75, 2.0], ddof=1))
-    with pytest.raises(ValueError):
-        per_seed_spread(a, b[:2])
-
-
-# --- 8. cost measured ---------------------------------------------------------------------------
-
-def test_cost_measured_needs_agreeing_repetitions():
-    gate = cost_measured([4.8, 5.0, 5.2], model="ADT_EXP")
-    assert gate.passed and gate.value == 5.0
-    assert cost_measured([0.9, 1.0, 1.15]).passed  # spread exactly 0.25 of the median
-    assert not cost_measured([0.9, 1.0, 1.16]).passed
-    one = cost_measured([5.0])
-    assert not one.passed and one.value == 5.0 and "too few" in one.detail
-    two = cost_measured([5.0, 5.0])  # agree, but two repetitions cannot show an outlier
-    assert not two.passed and two.reason == "too few repetitions"
-    assert cost_measured([5.0, 5.0], min_repeats=2).passed
-    for bad in ([], [1.0, -1.0], [1.0, float("nan")]):
-        with pytest.raises(ValueError):
-            cost_measured(bad)
+    assert gated_verdict(clear.verdict, [enough_evidence(clear)]) == f"{INCONCLUSIVE}: one seed"
+    three = enough_evidence(_comparison(-0.08, -0.14, -0.01, seeds=3))
+    assert not three.passed and three.reason == "3 seeds (< 5)" and three.value == 3
+    assert enough_evidence(_comparison(0.2, 0.1, 0.3, seeds=5)).passed  # the boundary
+    assert enough_evidence(_comparison(0.2, 0.1, 0.3, seeds=2), min_seeds=2).passed
 
 
 # --- gated verdicts -----------------------------------------------------------------------------
@@ -392,16 +378,16 @@ def test_a_one_seed_experiment_never_supports_or_refutes(seed):
     b = rng.random((1, n)) < 0.5
     comparison = paired_comparison(a, b, direction=int(rng.choice([-1, 1])), n_boot=200)
     passing = [_ok("converged"), _ok("credible_baseline"), _ok("stable_under_budget")]
-    gates = [*passing, enough_evidence(comparison, per_seed_spread(a, b))]
+    gates = [*passing, enough_evidence(comparison)]
     reported = gated_verdict(comparison.verdict, gates)
     assert verdict_category(reported) == INCONCLUSIVE, (comparison, reported)
     assert reported == f"{INCONCLUSIVE}: one seed"
 
 
 def test_gates_table():
-    gates = [credible_baseline(0.8), converged(_history([0.5], [0.1]), model="TRADES")]
+    gates = [credible_baseline(0.8), flat_last_epochs(_history([0.5], [0.1]), model="TRADES")]
     header, rows = gates_table(gates)
     assert header == ["gate", "model", "value", "threshold", "result", "detail"]
-    assert [r[0] for r in rows] == ["credible_baseline", "converged"]
+    assert [r[0] for r in rows] == ["credible_baseline", "flat_last_epochs"]
     assert rows[0][4] == "pass" and rows[1][4] == "FAIL" and rows[1][2] == "n/a"
     assert all(len(r) == len(header) for r in rows)

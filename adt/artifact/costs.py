@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from adt.core.runtime import autocast, resolve_device
 from adt.method.methods import LABELS, METHODS, REGISTRY, build_maximizer
 from adt.training.loop import train_step
 
-__all__ = ["time_train_steps", "cost_ratios", "reference_adt_exp_step", "MODEL_DATA", "check_counts",
+__all__ = ["time_train_steps", "cost_ratios", "flops_ratios", "reference_adt_exp_step", "MODEL_DATA", "check_counts",
            "time_call", "random_classifier_batch", "synchronize"]
 
 #: The classifier shapes the benchmark knows, with the dataset whose images they take.
@@ -49,19 +49,21 @@ def check_counts(warmup: int, steps: int, repeats: int) -> None:
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, steps: int,
-          repeats: int = 3) -> float:
-    """Median over ``repeats`` of the mean seconds per call of ``fn`` (after ``warmup`` calls)."""
+              repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``fn`` (after ``warmup``
+    calls), by ``clock`` (wall time; ``time.thread_time``: this thread's CPU time, which the
+    load of other processes does not enter)."""
     check_counts(warmup, steps, repeats)
     for _ in range(warmup):
         fn()
     synchronize(device)
     per_call = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = clock()
         for _ in range(steps):
             fn()
         synchronize(device)
-        per_call.append((time.perf_counter() - started) / steps)
+        per_call.append((clock() - started) / steps)
     return statistics.median(per_call)
 
 
@@ -186,7 +188,8 @@ def time_train_steps(profile: Profile, methods: tuple[str, ...] = METHODS, *,
 def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
                 baseline: str = "pgd_at", batch_size: int = 64, repeats: int = 5,
                 steps: int = 3, warmup: int = 1, device: str | torch.device = "cpu",
-                model_name: str | None = None, threads: int | None = 1) -> dict[str, list[float]]:
+                model_name: str | None = None, threads: int | None = 1,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """A controlled cost benchmark for the cost claims: per repetition, the ratio of each
     method's per-image training-step time to ``baseline``'s in the same repetition.
 
@@ -200,7 +203,7 @@ def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
     judges whether the repetitions agree. The fast path (bf16 autocast, channels_last) is
     on for CUDA as in the trainer. On a CPU the steps run on ``threads`` threads (None: as
     set): at one, the machine's other work (the notebook's kernel, the launcher) lands on
-    the other cores rather than inside a timed step.
+    the other cores rather than inside a timed step. ``clock``: as :func:`time_call`.
     """
     if isinstance(profile, str):
         profile = get_profile(profile)
@@ -232,13 +235,37 @@ def cost_ratios(profile: Profile | str, methods: tuple[str, ...] | list[str], *,
     try:
         for rep in range(repeats):
             shift = rep % len(order)
-            seconds = {m: time_call(step_of[m], dev, 0, steps, 1)
+            seconds = {m: time_call(step_of[m], dev, 0, steps, 1, clock)
                        for m in order[shift:] + order[:shift]}
             for m in order:  # the same batch for every method: the per-image ratio is this one
                 ratios[m].append(seconds[m] / seconds[baseline])
     finally:
         torch.set_num_threads(before)
     return {m: ratios[m] for m in order}
+
+
+def flops_ratios(profile: Profile | str, methods: Sequence[str], *, baseline: str = "pgd_at",
+                 batch_size: int = 64, model_name: str | None = None) -> dict[str, float]:
+    """Counted cost: the FLOPs of one training step of each method (every matmul and
+    convolution, forward and backward, inner maximisation and generators included) over
+    ``baseline``'s, on the same random batch shapes on the CPU. A count, not a timing: the
+    same on every machine and in every run, so the cost claims are judged on it."""
+    if isinstance(profile, str):
+        profile = get_profile(profile)
+    model_name = model_name or profile.model
+    check_choice(model_name, MODELS, "model")
+    check_int_at_least(batch_size, 1, "batch_size", "64")
+    dev = torch.device("cpu")
+    flops = {}
+    for method in dict.fromkeys([*methods, baseline]):
+        check_choice(method, REGISTRY, "method")
+        model, x, y, spec = random_classifier_batch(model_name, batch_size, dev, profile, False)
+        maximizer = build_maximizer(method, profile.methods, spec, spec.epsilon).to(dev)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        amp = functools.partial(autocast, dev, False)
+        flops[method] = _count_flops(functools.partial(train_step, model.train(), maximizer,
+                                                       optimizer, x, y, amp))
+    return {m: flops[m] / flops[baseline] for m in flops}
 
 
 def _measure(label: str, method: str, step: Callable[[], None], dev: torch.device, warmup: int,

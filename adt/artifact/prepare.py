@@ -177,7 +177,15 @@ def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
     """Train, then evaluate, every job of ``profile`` (of ``methods``) in ``workers``
     one-thread processes (None: the CPU count; 0: in this process); returns the seconds of
     each stage. Prints a line per job and the progress (:func:`_run_stages`: ``progress``,
-    ``prior``, ``rates``)."""
+    ``prior``, ``rates``). The archived runs (``data/archive/``) that ``runs_root`` lacks are
+    restored first, unless ``force_retrain``: a fresh clone trains none of them."""
+    if not force_retrain and not profile.temporary_output:
+        from adt.training.archive import restore_archive
+
+        restored = restore_archive(runs_root)
+        if restored:
+            print(f"[adt.prepare] restored {len(restored)} archived run(s) from data/archive",
+                  flush=True)
     return _run_stages((("train", training_jobs(profile, methods), _train),
                         ("evaluate", evaluation_jobs(profile, methods), _evaluate)),
                        runs_root, workers, force_retrain, progress, prior, rates)

@@ -30,6 +30,7 @@ from adt.evaluation.stored import evaluate_run
 from adt.evaluation.table import RobustnessTable
 from adt.method.inner import InnerMaximizer
 from adt.method.methods import LABELS, build_maximizer
+from adt.training.archive import restore_archive
 from adt.training.loop import train
 from adt.training.runs import Run
 
@@ -105,6 +106,8 @@ class Context:
         if not out.is_absolute():
             out = REPO_ROOT / out
         runs_root = out / "runs" if prof.temporary_output else REPO_ROOT / "data" / "runs"
+        if not prof.temporary_output and not force_retrain:
+            restore_archive(runs_root)  # the committed runs, where this checkout lacks them
         return cls(notebook, prof, dev, tuple(seeds) if seeds else prof.seeds, out, runs_root,
                    force_retrain)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,7 +45,12 @@ from adt.evaluation.table import RobustnessTable
 __all__ = ["GradientMaskingWarning", "GradientMaskingError",
            "significantly_higher", "more_steps_help", "restarts_help", "large_epsilon_breaks",
            "white_beats_black", "autoattack_beats_pgd", "score_based_only",
-           "pgd_close_to_autoattack", "run_checks", "report"]
+           "pgd_close_to_autoattack", "run_checks", "pooled_checks", "POOLED", "report"]
+
+#: The checks whose per-seed rule (a fixed threshold on 200 images, no noise band) moves with
+#: the last bits of a CPU: :func:`pooled_checks` decides them over every seed's images, at
+#: the one-sided 95 % confidence bound.
+POOLED = ("pgd_vs_autoattack", "score_only")
 
 
 class GradientMaskingWarning(UserWarning):
@@ -158,7 +164,7 @@ def pgd_close_to_autoattack(table: RobustnessTable, checks: SanityChecks,
                             roles: dict[str, str]) -> list[CheckResult]:
     """(f) PGD-many must not overstate the robustness found by AutoAttack by more than
     ``max_autoattack_gap``; a failure marks the PGD columns unreliable for this model."""
-    cascades = [s["name"] for s in table.specs if s.get("survivors_of") and s["kind"] == "white"]
+    cascades = _cascades(table)
     if not cascades:
         return [_result("pgd_vs_autoattack", None, "no AutoAttack cascade in the table")]
     pgd_accuracy = table.accuracy_of(roles["many"])
@@ -183,6 +189,58 @@ def run_checks(table: RobustnessTable) -> list[CheckResult]:
             large_epsilon_breaks(table, checks, roles), *white_beats_black(table, checks),
             *autoattack_beats_pgd(table, checks, roles), *score_based_only(table, checks),
             *pgd_close_to_autoattack(table, checks, roles)]
+
+
+def _cascades(table: RobustnessTable) -> list[str]:
+    return [s["name"] for s in table.specs if s.get("survivors_of") and s["kind"] == "white"]
+
+
+def pooled_checks(tables: Sequence[RobustnessTable], level: float = 0.95) -> list[CheckResult]:
+    """A model's checks over all its seeds (``tables``): the per-seed results of every check
+    with a noise band (the McNemar checks, (a)-(d)), and (e) and (f) decided once on every
+    seed's images together, at the one-sided ``level`` confidence bound, so that a flag
+    must survive the images' sampling noise (a few images, or a CPU's last bits, cannot raise
+    or drop it):
+
+    - (f) PGD-many is above the AutoAttack cascade by more than ``max_autoattack_gap`` at the
+      *lower* bound of the paired gap: (up - down - z sqrt(up + down)) / n, up (down) the
+      images PGD leaves correct and AutoAttack breaks (the reverse);
+    - (e) score-based-only breaks exceed ``max_score_only`` of the images at the lower
+      Clopper-Pearson bound of their rate.
+
+    Each pooled result's values hold the point estimate, the bound and the threshold."""
+    from scipy.stats import beta, norm
+
+    tables = [t for t in tables if t.sanity is not None]
+    if not tables:
+        return []
+    out = [c for t in tables for c in t.checks if c.name.split("[", 1)[0] not in POOLED]
+    checks, z = tables[0].sanity, float(norm.ppf(level))
+    for name in _cascades(tables[0]):
+        pgd_rows = torch.cat([t.row(t.roles["many"]) for t in tables])
+        auto_rows = torch.cat([t.row(name) for t in tables])
+        up, down = int((pgd_rows & ~auto_rows).sum()), int((~pgd_rows & auto_rows).sum())
+        n = len(pgd_rows)
+        gap, lower = (up - down) / n, (up - down - z * math.sqrt(up + down)) / n
+        out.append(_result(f"pgd_vs_autoattack[{name}]", lower > checks.max_autoattack_gap,
+                           f"PGD-many must not be above {name} by more than "
+                           f"{checks.max_autoattack_gap:.0%} at the {level:.0%} lower bound, "
+                           f"over {len(tables)} seed(s)", gap=gap, lower_bound=lower, n=n,
+                           threshold=checks.max_autoattack_gap))
+    scored = [s["name"] for s in tables[0].specs if s.get("score_based") and s["kind"] != "sanity"]
+    gradient = [s["name"] for s in tables[0].specs if s["kind"] in ("clean", "white")
+                and not s.get("score_based")]
+    for name in scored:
+        rows = [(t.row(name), t.worst_case(gradient)) for t in tables]
+        count = sum(int((~row & alive[:len(row)]).sum()) for row, alive in rows)
+        n = sum(len(row) for row, _ in rows)
+        lower = float(beta.ppf(1 - level, count, n - count + 1)) if count else 0.0
+        out.append(_result(f"score_only[{name}]", lower > checks.max_score_only,
+                           f"{name} must not break more than {checks.max_score_only:.0%} of the "
+                           f"images every gradient attack missed, at the {level:.0%} lower "
+                           f"bound, over {len(tables)} seed(s)", count=count, n=n,
+                           rate=count / n, lower_bound=lower, threshold=checks.max_score_only))
+    return out
 
 
 def report(table: RobustnessTable, strict: bool, stacklevel: int = 3) -> None:

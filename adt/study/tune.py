@@ -10,7 +10,7 @@ baselines only, so the method under test cannot steer it:
    APGD-CE+T (AutoAttack's gradient attacks, the cheap version): the **score** of a
    setting is the mean of the two accuracies. The monitor of each run watches the
    validation images too.
-3. A setting is **eligible** when both baselines pass the *converged* gate of
+3. A setting is **eligible** when both baselines pass the *flat_last_epochs* gate (named *converged* in the record) of
    :mod:`adt.study.gates` on their validation monitor (the last two epochs within 3 points, and
    trained: clean accuracy at least 0.5) **on every seed of the profile**. Seeds after the
    first are trained only for settings that pass on the first (a setting that fails one
@@ -37,7 +37,7 @@ from adt.core._checks import check_int_at_least
 from adt.core.data import ImageDataset, load_dataset
 from adt.core.io import read_json, write_json
 from adt.evaluation.protocol import autoattack_specs
-from adt.study.gates import converged
+from adt.study.gates import flat_last_epochs
 from adt.training.runs import DEFAULT_RUNS_ROOT
 
 __all__ = ["GRID", "TUNED_ON", "validation_split", "recipe_for", "choose", "tune", "main"]
@@ -128,7 +128,7 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
                                                 for h in run.metrics["history"]],
                                 "train_time_s": sum(h["train_time_s"]
                                                     for h in run.metrics["history"]),
-                                "converged": converged(run.metrics["history"]).passed}
+                                "converged": flat_last_epochs(run.metrics["history"]).passed}
         converged_on = {method: [seed] for method in methods if accuracy[method]["converged"]}
         if len(converged_on) == len(methods):
             for other in base.seeds:
@@ -137,7 +137,7 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
                 for method in methods:
                     run = train(variant, method, other, data=data, device=device,
                                 runs_root=runs_root, progress=progress)
-                    if converged(run.metrics["history"]).passed:
+                    if flat_last_epochs(run.metrics["history"]).passed:
                         converged_on[method].append(other)
                     accuracy[method].setdefault("monitor_pgd_other_seeds", {})[other] = [
                         h["pgd_accuracy"] for h in run.metrics["history"]]

@@ -29,10 +29,12 @@ GATED_VERDICTS = (SUPPORTED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
 #: The kind of each gate, by name (the part before "[" for names such as
 #: ``reliable_column[PGD-20]``); :func:`gated_verdict` reads it. Unknown names count as
 #: validity gates.
-GATE_KINDS = {"converged": "validity", "credible_baseline": "validity",
+GATE_KINDS = {"flat_last_epochs": "validity", "credible_baseline": "validity",
               "credible_trades": "validity", "reliable_column": "validity",
-              "a_rob_close_to_full_autoattack": "validity", "working_generator": "validity",
-              "cost_measured": "validity", "stable_under_budget": "budget",
+              "working_generator": "validity",
+              "sample_spread": "validity", "a_rob_error": "validity",
+              "release_inner_settings": "validity",
+              "stable_under_budget": "budget",
               "enough_evidence": "evidence", "distinct_models": "independence"}
 
 

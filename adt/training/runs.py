@@ -318,7 +318,8 @@ def restore_modules(ckpt: dict[str, Any], path: Path, expected: dict[str, Any],
                          "now). Pass force_retrain=True to discard it, or use another runs_root")
     try:
         model.load_state_dict(ckpt["model"])
-        maximizer.load_state_dict(ckpt["maximizer"])
+        if ckpt["maximizer"] is not None:  # None: an archived run kept without it
+            maximizer.load_state_dict(ckpt["maximizer"])
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit the {expected['model']} model / "
                          f"{expected['method']} maximiser built now ({str(err)[:300]}); pass "

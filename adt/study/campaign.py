@@ -13,7 +13,7 @@ chapters use.
 Jobs run in one-thread worker processes (as :mod:`adt.artifact.prepare`); a run is
 evaluated as soon as it is trained, then archived (:mod:`adt.training.archive`) and, with
 ``--commit``, committed, so a study that spans sessions and machines loses at most the runs
-in flight. ``python -m adt.study --profile quick`` runs it; it reuses every finished run.
+in flight. ``python -m adt.budget_study --profile quick`` runs it; it reuses every finished run.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def make_design(profile: Profile, commit: str = "HEAD", effect: float = 5.0) -> 
     record.update(profile=profile.name, budgets=list(BUDGETS), methods=list(STUDY_METHODS),
                   source={"commit": source, "per_seed": "notebooks/04_evaluation.ipynb",
                           "discordance": "figures/CLAIMS.md (distinct_models, PGD-20, seed 0)"},
-                  recorded={"command": f"python -m adt.study --profile {profile.name} "
+                  recorded={"command": f"python -m adt.budget_study --profile {profile.name} "
                                        f"--design --source {commit}",
                             "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d")})
     return record
@@ -106,7 +106,7 @@ def load_design(profile: Profile) -> dict[str, Any]:
     path = design_path(profile)
     if not path.is_file():
         raise FileNotFoundError(f"no study design for profile {profile.name!r} at {path}; "
-                                f"write it first: python -m adt.study --profile "
+                                f"write it first: python -m adt.budget_study --profile "
                                 f"{profile.name} --design")
     return read_json(path)
 
@@ -132,15 +132,22 @@ class StudyJob:
                 f"{self.profile.recipe.epochs} epochs")
 
 
+def _cost(profile: Profile, method: str) -> float:
+    """Relative cost of a training run: epochs x the maximiser's classifier passes per image."""
+    from adt.core.data import DATASETS
+    from adt.method.methods import build_maximizer
+
+    maximizer = build_maximizer(method, profile.methods, DATASETS[profile.dataset],
+                                profile.train_epsilon)
+    return profile.recipe.epochs * maximizer.passes_per_image
+
+
 def study_jobs(profile: Profile, seeds: Sequence[int]) -> list[StudyJob]:
     """Every training job of the study, a seed at a time (both budgets, longest first), so
     that whole seeds finish early."""
-    from adt.artifact.prepare import TrainJob
-
-    jobs = [TrainJob(p, m, s) for s in seeds for p in study_profiles(profile, seeds)
+    jobs = [StudyJob("train", p, m, s) for s in seeds for p in study_profiles(profile, seeds)
             for m in STUDY_METHODS]
-    jobs.sort(key=lambda j: (list(seeds).index(j.seed), -j.cost))
-    return [StudyJob("train", j.profile, j.method, j.seed) for j in jobs]
+    return sorted(jobs, key=lambda j: (list(seeds).index(j.seed), -_cost(j.profile, j.method)))
 
 
 def _one_thread() -> None:
@@ -153,19 +160,29 @@ def _one_thread() -> None:
 
 
 def _work(job: StudyJob, runs_root: str) -> str:
-    from adt.artifact.prepare import _data, _finished
+    from adt.core.data import load_dataset
     from adt.evaluation.stored import evaluate_a_rob
+    from adt.study.spread import store_spread
     from adt.training.loop import train
+    from adt.training.modules import load_run
 
     started = time.perf_counter()
+    data = load_dataset(job.profile.dataset, root=REPO_ROOT / "data", device="cpu")
     if job.stage == "train":
-        train(job.profile, job.method, job.seed, data=_data(job.profile), device="cpu",
-              runs_root=runs_root, progress=False)
+        train(job.profile, job.method, job.seed, data=data, device="cpu", runs_root=runs_root,
+              progress=False)
         return f"{job.name} ({time.perf_counter() - started:.0f} s)"
-    run = _finished(job.profile, job.method, job.seed, runs_root)
-    table = evaluate_a_rob(run, _data(job.profile))
-    return (f"{job.name}: A_rob {100 * float(table.worst_case().float().mean()):.1f} % "
-            f"({time.perf_counter() - started:.0f} s)")
+    run = load_run(job.profile, job.method, job.seed, device="cpu", runs_root=runs_root)
+    table = evaluate_a_rob(run, data)
+    if job.method in ADT_METHODS:
+        spread = store_spread(run, data)
+        spread_text = f", spread {spread['spread'] / spread['uniform']:.3f} x uniform"
+    else:
+        spread_text = ""
+    return (f"{job.name}: A_rob {100 * float(table.worst_case().float().mean()):.1f} %"
+            f"{spread_text} ({time.perf_counter() - started:.0f} s)")
+
+
 
 
 def _commit(paths: Sequence[Path], message: str) -> None:
@@ -189,9 +206,10 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
     """Train, A_rob-evaluate and archive (into ``archive_root``, default
     :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study in ``workers``
     one-thread processes; a trained run's evaluation goes before the next training job."""
-    from adt.training.archive import ARCHIVE_ROOT, archive_run
+    from adt.training.archive import ARCHIVE_ROOT, archive_run, restore_archive
     from adt.training.runs import run_dir
 
+    restore_archive(runs_root, archive_root or ARCHIVE_ROOT)  # what earlier sessions finished
     workers = workers or os.cpu_count() or 1
     pending = study_jobs(profile, seeds)
     total, done, started = 2 * len(pending), 0, time.perf_counter()
@@ -237,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adt.config.profiles import PROFILES, get_profile
     from adt.core.io import write_json
 
-    parser = argparse.ArgumentParser(prog="python -m adt.study",
+    parser = argparse.ArgumentParser(prog="python -m adt.budget_study",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=list(PROFILES),
                         help="the profile whose claims are studied (default: quick)")
@@ -263,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         design = load_design(profile)
     except FileNotFoundError as err:
-        print(f"python -m adt.study: {err}", file=sys.stderr)
+        print(f"python -m adt.budget_study: {err}", file=sys.stderr)
         return 2
     result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
                        args.commit)

@@ -10,12 +10,21 @@ on top, side by side, ``study`` (statistics, gates, claims, analyses, figures) a
 ``artifact`` (the notebooks' context, the papermill batch, benchmarks). See
 REPRODUCTION.md for the release's settings this package follows.
 
-The names a user needs are here (imported on first use, so ``import adt`` stays light)::
+The names a user needs are here (imported on first use, so ``import adt`` stays light).
+On your own classifier and batches (the documented way; ``adt.train`` trains a profile's
+runs)::
 
     import adt
+    maximizer = adt.ExplicitADT(epsilon=0.3, steps=7, num_samples=5, lambda_=0.01)
+    for x, y in batches:                               # images in [0, 1], labels
+        adt.train_step(model, maximizer, optimizer, x, y)   # Algorithm 1, one iteration
+    x_adv = adt.pgd(model, x, y, epsilon=0.3, step_size=0.075, steps=20)
+    table = adt.robustness_table(model, (x, y), attacks)    # any classifier, plain tensors
+
+On the artifact's profiles::
+
     run = adt.train("quick", "adt_exp", seed=0)      # or adt.load_run(...)
     table = adt.evaluate_run(run)                     # the profile's protocol, eval.json
-    table = adt.robustness_table(model, data, attacks, n_examples)   # any classifier
 """
 
 from __future__ import annotations
@@ -46,6 +55,29 @@ _EXPORTS: dict[str, str | tuple[str, str]] = {
     "standard_attacks": "adt.evaluation.protocol",
     "load_checkpoint": "adt.evaluation.checkpoints",
     "evaluate_checkpoint": "adt.evaluation.cli",
+    # the inner maximisers, usable on any classifier and batch, and one training step
+    "InnerMaximizer": "adt.method.inner",
+    "AdversarialBatch": "adt.method.inner",
+    "Clean": "adt.method.inner",
+    "PGD": "adt.method.inner",
+    "TRADES": "adt.method.inner",
+    "ExplicitADT": "adt.method.explicit",
+    "AmortizedExplicitADT": "adt.method.amortized",
+    "AmortizedImplicitADT": "adt.method.amortized",
+    "train_step": "adt.training.loop",
+    # the attacks (model, x, y, **settings) -> x_adv, and a table's row
+    "fgsm": "adt.attack.functions",
+    "pgd": "adt.attack.functions",
+    "mim": "adt.attack.functions",
+    "cw": "adt.attack.functions",
+    "fea_attack": "adt.attack.functions",
+    "autoattack": "adt.attack.functions",
+    "original_autoattack": "adt.attack.functions",
+    "square": "adt.attack.functions",
+    "spsa": "adt.attack.functions",
+    "transfer": "adt.attack.functions",
+    "AttackSpec": "adt.attack.spec",
+    "white_box_attacks": "adt.evaluation.protocol",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -45,6 +45,28 @@ def test_the_api_is_the_modules_own_objects() -> None:
         adt.nope  # noqa: B018
 
 
+def test_what_a_user_composes_is_exported() -> None:
+    """The inner maximisers, one training step, the attacks and a table's row are top-level
+    names, the modules' own objects; every maximiser is an InnerMaximizer."""
+    from adt.attack import functions
+    from adt.attack.spec import AttackSpec
+    from adt.method import amortized, explicit, inner
+    from adt.training.loop import train_step
+
+    maximizers = {"Clean": inner, "PGD": inner, "TRADES": inner, "ExplicitADT": explicit,
+                  "AmortizedExplicitADT": amortized, "AmortizedImplicitADT": amortized}
+    for name, module in maximizers.items():
+        assert getattr(adt, name) is getattr(module, name)
+        assert issubclass(getattr(adt, name), inner.InnerMaximizer)
+    assert adt.InnerMaximizer is inner.InnerMaximizer
+    assert adt.AdversarialBatch is inner.AdversarialBatch
+    assert adt.train_step is train_step and adt.AttackSpec is AttackSpec
+    for name in ("fgsm", "pgd", "mim", "cw", "fea_attack", "autoattack", "original_autoattack",
+                 "square", "spsa", "transfer"):
+        assert getattr(adt, name) is getattr(functions, name)
+    assert adt.PGD is not adt.pgd  # the maximiser (AT) and the attack are two names
+
+
 def test_the_method_registry_is_the_one_source_of_method_facts() -> None:
     from adt.core.data import DATASETS
     from adt.method.methods import (

@@ -11,7 +11,8 @@ sits between two markers of its document::
 :func:`results_block` is the README's "What it found": per method, A_rob's mean over seeds
 with its 95 % interval and the clean accuracy (from :data:`RESULTS_TABLE`, whose cells read
 ``"85.3 ± 2.3 [80.0, 90.2]"``), the verdict counts of ``CLAIMS.md`` and a link to it.
-:func:`gates_block` is REPRODUCTION.md's table of each validity gate's current value.
+:func:`gates_block` is REPRODUCTION.md's table of each validity gate's current value and of
+what decides the verdicts.
 :func:`insert_block` puts a block between its markers; :func:`stale_block` says why a
 document's block is not what the committed outputs give (``make check-fresh``).
 No torch.
@@ -39,8 +40,6 @@ RESULTS_TABLE = Path("tables") / "tab04_whitebox.csv"
 CLAIMS = Path("CLAIMS.md")
 #: The gates' tables, relative to the output folder (notebook 06).
 GATES_TABLE = Path("tables") / "tab06_gates.csv"
-COST_TABLE = Path("tables") / "tab06_cost.csv"
-BUDGET_TABLE = Path("tables") / "tab06_budget.csv"
 
 _CELL = re.compile(r"^\s*(-?[\d.]+)\s*±\s*([\d.]+)\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*$")
 
@@ -151,39 +150,38 @@ def results_block(figures_dir: Path, table: Path = RESULTS_TABLE, *,
 
 
 def _gate_rows(figures_dir: Path) -> list[tuple[str, str]]:
-    """(gate, its current value) for every gate recorded in the committed tables."""
+    """(gate, its current value) for every gate of the committed per-model gate table: how
+    many models, seeds or pairs pass, and the failing ones with their values."""
     path = figures_dir / GATES_TABLE
     by_gate: dict[str, list[dict[str, str]]] = {}
     for row in _read_csv(path):
         by_gate.setdefault(row["gate"], []).append(row)
     out = []
     for gate, rows in by_gate.items():
-        failed = [f"{r['model']} ({r['value']})" for r in rows if r["result"] != "pass"]
-        passed = len(rows) - len(failed)
-        value = f"{passed} of {len(rows)} pass" + (f"; fail: {', '.join(failed)}" if failed
-                                                   else "")
         if len(rows) == 1:
             value = f"{rows[0]['result']}: {rows[0]['value']} ({rows[0]['detail']})"
+        else:
+            failed = [f"{r['model']} ({r['value']})" for r in rows if r["result"] != "pass"]
+            value = f"{len(rows) - len(failed)} of {len(rows)} pass" + (
+                f"; fail: {', '.join(failed)}" if failed else "")
         out.append((f"`{gate}`", value))
-    cost = figures_dir / COST_TABLE
-    rows = _read_csv(cost)
-    ratio = _column(rows, cost, "step time")
-    out.append(("`cost_measured`", "; ".join(
-        f"{r['method']} {r[ratio]} {r['cost_measured']}" for r in rows)))
-    budget = figures_dir / BUDGET_TABLE
-    rows = _read_csv(budget)
-    stable = [r for r in rows if r["stable"] == "pass"]
-    a_rob = [r for r in rows if r["column"] == "A_rob"]
-    first, second = list(rows[0])[1:3]
-    out.append(("`stable_under_budget`", f"{len(stable)} of {len(rows)} columns stable"
-                + "".join(f"; A_rob {r[first]} ({first}) vs {r[second]} ({second}), {r['stable']}"
-                          for r in a_rob)))
-    verdicts = _claim_verdicts(figures_dir / CLAIMS)
-    for gate, failed in (("reliable_column", [v for v in verdicts if "reliable_column" in v]),
-                         ("enough_evidence", [v for v in verdicts if v.startswith("inconclusive: ")
-                                              and "budget-sensitive" not in v])):
-        out.append((f"`{gate}`", f"decides {len(failed)} of {len(verdicts)} claims"))
     return out
+
+
+_REASON = re.compile(r"^([a-z][a-z ]*?): ([a-z_]+\b(?:\[[^\]]*\])?|[^(]+?)(?: \(| =|$)")
+
+
+def _reason_rows(claims: Path) -> list[tuple[str, str]]:
+    """(verdict and its reason, how many claims) over the verdicts of ``claims``: a gate's
+    name for a gated verdict ("not testable here: <gate> ..."), the reason's words otherwise
+    ("inconclusive: one seed"); plain verdicts count under their own name."""
+    verdicts = _claim_verdicts(claims)
+    counts: dict[str, int] = {}
+    for verdict in verdicts:
+        match = _REASON.match(verdict)
+        key = f"{match.group(1)}: {match.group(2).strip()}" if match else verdict
+        counts[key] = counts.get(key, 0) + 1
+    return [(key, f"{n} of {len(verdicts)}") for key, n in counts.items()]
 
 
 def _claim_verdicts(claims: Path) -> list[str]:
@@ -207,14 +205,18 @@ def _claim_verdicts(claims: Path) -> list[str]:
 
 
 def gates_block(figures_dir: Path, *, relative_to: Path | None = None) -> str:
-    """REPRODUCTION.md's table of each gate's value in the committed outputs (notebook 06's
-    ``tab06_gates``, ``tab06_cost``, ``tab06_budget`` and the verdicts of ``CLAIMS.md``),
-    with a link to the per-model table (relative to ``relative_to``, as in
-    :func:`results_block`)."""
+    """REPRODUCTION.md's current values of the gates: per gate of notebook 06's per-model
+    table (``tab06_gates``), how many pass and which fail; then what decides the verdicts of
+    ``CLAIMS.md`` (each gated verdict's gate or reason, and how many claims it decides), with
+    links (relative to ``relative_to``, as in :func:`results_block`)."""
     figures_dir = Path(figures_dir)
     per_model = figures_dir / GATES_TABLE.with_suffix(".md")
+    claims = figures_dir / CLAIMS
     return (markdown_table(["gate", "current value (committed outputs)"], _gate_rows(figures_dir))
-            + f"\nPer model and seed: [{per_model.name}]({_link(per_model, relative_to)}).\n")
+            + f"\nPer model and seed: [{per_model.name}]({_link(per_model, relative_to)}).\n\n"
+            + markdown_table(["verdict: the gate or reason that decides it", "claims"],
+                             _reason_rows(claims))
+            + f"\nEvery claim: [{claims.name}]({_link(claims, relative_to)}).\n")
 
 
 #: block name -> what writes it from the output folder (``relative_to``: the document's

@@ -246,3 +246,31 @@ def test_license_and_citation() -> None:
     assert paper["year"] == 2020 and paper["url"] == "https://arxiv.org/abs/2002.05999"
     assert [a["family-names"] for a in paper["authors"]] == ["Dong", "Deng", "Pang", "Su", "Zhu"]
     assert citation["license"] == "MIT" and citation["cff-version"] == "1.2.0"
+
+
+def test_write_blocks_and_stale_blocks_cover_every_document(tmp_path: Path) -> None:
+    from adt.artifact.readme import stale_blocks, write_blocks
+
+    figures = _figures(tmp_path / "figures")
+    (figures / "tables/tab06_gates.csv").write_text(
+        "gate,model,value,threshold,result,detail\ng,A,1,>= 1,pass,ok\n", encoding="utf-8")
+    (figures / "CLAIMS.md").write_text("Verdicts: 1 supported.\n\n| claim | verdict |\n"
+                                       "| --- | --- |\n| c | **supported** |\n", encoding="utf-8")
+    for name, (_, document) in BLOCKS.items():
+        start, end = markers(name)
+        (tmp_path / document).write_text(f"# {document}\n{start}\n{end}\n", encoding="utf-8")
+    assert len(stale_blocks(tmp_path)) == len(BLOCKS)
+    assert sorted(p.name for p in write_blocks(tmp_path)) == sorted(d for _, d in BLOCKS.values())
+    assert stale_blocks(tmp_path) == [] and write_blocks(tmp_path) == []  # nothing left to do
+    assert "[CLAIMS.md](figures/CLAIMS.md)" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_blocks_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, adt.artifact.readme; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

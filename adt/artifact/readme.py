@@ -14,7 +14,9 @@ with its 95 % interval and the clean accuracy (from :data:`RESULTS_TABLE`, whose
 :func:`gates_block` is REPRODUCTION.md's table of each validity gate's current value and of
 what decides the verdicts.
 :func:`insert_block` puts a block between its markers; :func:`stale_block` says why a
-document's block is not what the committed outputs give (``make check-fresh``).
+document's block is not what the committed outputs give. :func:`write_blocks` rewrites every
+block of :data:`BLOCKS` (the batch, after the committed profile's outputs are in place) and
+:func:`stale_blocks` lists what differs (``make check-fresh``).
 No torch.
 """
 
@@ -31,7 +33,7 @@ from adt.config.provenance import REPO_ROOT
 from adt.core.io import markdown_table
 
 __all__ = ["RESULTS_TABLE", "CLAIMS", "BLOCKS", "Cell", "parse_cell", "results_block",
-           "gates_block", "markers", "insert_block", "stale_block"]
+           "gates_block", "markers", "insert_block", "stale_block", "write_blocks", "stale_blocks"]
 
 #: The table the README's results come from, relative to the output folder (``figures/``);
 #: any table whose cells read "mean ± sd [low, high]", one row per method, will do.
@@ -275,3 +277,30 @@ def stale_block(readme_path: Path, figures_dir: Path, name: str = "results") -> 
     return (f"{readme_path}: its {name} block differs from {figures_dir} from line {first + 1} "
             f"of the block on (expected: {shown!r}); rewrite it with "
             f"adt.artifact.readme.insert_block (run `make reproduce`)")
+
+
+def write_blocks(root: Path = REPO_ROOT, figures_dir: Path | None = None) -> list[Path]:
+    """Rewrite every block of :data:`BLOCKS` in its document under ``root`` from
+    ``figures_dir`` (default ``root / "figures"``); returns the documents that changed.
+    What the batch calls after it has moved the committed profile's outputs into place."""
+    root = Path(root)
+    figures_dir = Path(figures_dir) if figures_dir is not None else root / "figures"
+    changed = []
+    for name, (build, document) in BLOCKS.items():
+        path = root / document
+        text = path.read_text(encoding="utf-8")
+        new = insert_block(text, build(figures_dir, relative_to=root), name, document)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+def stale_blocks(root: Path = REPO_ROOT, figures_dir: Path | None = None) -> list[str]:
+    """Why each block of :data:`BLOCKS` differs from ``figures_dir`` (empty: none does);
+    what ``make check-fresh`` adds to its problems."""
+    root = Path(root)
+    figures_dir = Path(figures_dir) if figures_dir is not None else root / "figures"
+    found = (stale_block(root / document, figures_dir, name) for name, (_, document)
+             in BLOCKS.items())
+    return [problem for problem in found if problem is not None]

@@ -654,8 +654,8 @@ def test_bench_writes_files_only_when_asked(extra, monkeypatch, tmp_path, capsys
     assert written == [Path("x.json")]
 
 
-def test_the_readme_states_the_thread_count_of_exactness() -> None:
-    text = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_state_the_thread_count_of_exactness() -> None:
+    text = " ".join((ROOT / "docs" / "reproducibility.md").read_text().split())
     assert "On one CPU at one thread count a run is bit-identical" in text
     assert "8e-3" in text  # 1 vs 2 threads
     assert "ONEDNN_MAX_CPU_ISA=SSE41" in text and "2.93" in text  # across kernel paths

@@ -14,10 +14,9 @@ committed profile (``quick``); other profiles write them to ``<output>/notebooks
 :func:`clean_executed`). Artefacts go to the profile's output folder and are listed in its
 ``MANIFEST.json``. Finished runs in ``data/runs/`` are reused unless ``--force-retrain``.
 
-Progress: the CPU stage (:mod:`adt.artifact.prepare`) shows jobs done of total, elapsed and
-an ETA; then the notebook running (k of N), its cell, elapsed and an ETA from the last
-batch's timings in the manifest. Live on a terminal, a line a minute otherwise, none with
-``--no-progress`` or ``ADT_PROGRESS=0``.
+Progress: jobs done of total in the CPU stage (:mod:`adt.artifact.prepare`), then the
+notebook and its cell, with elapsed time and an ETA; live on a terminal, a line a minute
+otherwise, none with ``--no-progress`` or ``ADT_PROGRESS=0``.
 """
 
 from __future__ import annotations
@@ -33,13 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adt.artifact.plan import (
-    COMMITTED_NOTEBOOKS,
-    DEVICES,
-    NOTEBOOKS,
-    PipelinePlan,
-    plan_pipeline,
-)
+from adt.artifact.plan import COMMITTED_NOTEBOOKS, DEVICES, NOTEBOOKS, PipelinePlan, plan_pipeline
 from adt.config.provenance import (
     COMMITTED_PROFILE,
     MANIFEST,
@@ -48,6 +41,7 @@ from adt.config.provenance import (
     check_fresh,
     checkout_tag,
     code_hashes,
+    default_output_dir,
     environment,
     merge_manifests,
     read_manifest,
@@ -300,9 +294,9 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
     one-thread processes by :mod:`adt.artifact.prepare` (None: one per core, what the
     command line asks for by default; 0 or 1, the default here: none); the notebooks then
-    reuse them. With ``progress`` the batch shows where it is (jobs or notebooks done of
-    total, the cell, elapsed, ETA). The manifest records the batch, its package versions
-    too (:func:`adt.config.provenance.environment`)."""
+    reuse them. With ``progress`` the batch shows where it is. The manifest records the
+    batch and its package versions; the README's and REPRODUCTION's generated blocks follow
+    the committed outputs (:func:`adt.artifact.readme.write_blocks`)."""
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
         measured: dict[str, float] = {}
@@ -317,6 +311,9 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                      code=code_hashes(plan.source, plan.notebooks, executed_dir=staged_nb))
         with _sigint_deferred(state):
             manifest_path = _install(plan, staged_out, staged_nb)
+            if plan.output == default_output_dir(COMMITTED_PROFILE):  # README, REPRODUCTION
+                from adt.artifact.readme import write_blocks
+                write_blocks(figures_dir=plan.output)
     if state.get("deferred"):
         print("[adt.pipeline] Ctrl-C came while the finished batch was moved into place; it "
               "was completed first", file=sys.stderr)
@@ -326,8 +323,11 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
 
 
 def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
+    from adt.artifact.readme import stale_blocks
+
     problems = check_fresh(Path(output_dir) if output_dir else None,
                            Path(notebooks_dir) if notebooks_dir else None)
+    problems += stale_blocks() if output_dir is None else []
     for problem in problems:
         print(f"[adt.pipeline] stale: {problem}")
     if problems:

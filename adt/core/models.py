@@ -31,7 +31,7 @@ class SmallCNN(nn.Module):
         w = width
         # Each max-pool comes before its ReLU: relu(maxpool(h)) == maxpool(relu(h)) exactly,
         # values and gradients, on a quarter of the activations; with in-place ReLUs, less
-        # memory traffic on a CPU (README, "How long it takes"). The parameters keep their
+        # memory traffic on a CPU (docs/reproduce.md, "Where the time goes"). The parameters keep their
         # indices, so checkpoints of either order load.
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, w, 3), nn.ReLU(inplace=True), nn.Conv2d(w, w, 3),

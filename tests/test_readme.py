@@ -274,3 +274,21 @@ def test_the_blocks_module_imports_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_results_block_lists_the_headline_claims(tmp_path: Path) -> None:
+    from adt.artifact.readme import results_block
+
+    figures = tmp_path / "figures"
+    (figures / "tables").mkdir(parents=True)
+    (figures / "tables" / "tab04_whitebox.csv").write_text(
+        "model,Clean,A_rob\nAT (PGD),\"97.5 ± 1.3 [94.7, 99.3]\",\"85.3 ± 2.3 [80.0, 90.2]\"\n")
+    (figures / "CLAIMS.md").write_text(
+        "Verdicts: 1 inconclusive.\n\n| claim (paper) | test | effect [95% interval] | verdict |\n"
+        "| --- | --- | --- | --- |\n| ADT_EXP is more robust than AT (PGD) in the worst case "
+        "(A_rob, Table 1) | A_rob, budget study: 8 seeds | -5.0 points [-9.0, -1.0] | "
+        "**inconclusive: budget-sensitive** |\n| ADT_EXP costs about k times AT | FLOPs | x4.30 "
+        "| **supported** |\n")
+    block = results_block(figures)
+    assert "| ADT_EXP is more robust than AT (PGD) | A_rob, budget study: 8 seeds |" in block
+    assert "**inconclusive: budget-sensitive**" in block and "costs about" not in block

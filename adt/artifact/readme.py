@@ -32,7 +32,7 @@ from pathlib import Path
 from adt.config.provenance import REPO_ROOT
 from adt.core.io import markdown_table
 
-__all__ = ["RESULTS_TABLE", "CLAIMS", "BLOCKS", "Cell", "parse_cell", "results_block",
+__all__ = ["RESULTS_TABLE", "CLAIMS", "HEADLINE", "claims_rows", "BLOCKS", "Cell", "parse_cell", "results_block",
            "gates_block", "markers", "insert_block", "stale_block", "write_blocks", "stale_blocks"]
 
 #: The table the README's results come from, relative to the output folder (``figures/``);
@@ -40,6 +40,8 @@ __all__ = ["RESULTS_TABLE", "CLAIMS", "BLOCKS", "Cell", "parse_cell", "results_b
 RESULTS_TABLE = Path("tables") / "tab04_whitebox.csv"
 #: The claims file, relative to the output folder; its line "Verdicts: ..." is quoted.
 CLAIMS = Path("CLAIMS.md")
+#: What the headline claims' rows of ``CLAIMS.md`` say (the worst-case A_rob claims).
+HEADLINE = "in the worst case (A_rob"
 #: The gates' tables, relative to the output folder (notebook 06).
 GATES_TABLE = Path("tables") / "tab06_gates.csv"
 
@@ -148,6 +150,17 @@ def results_block(figures_dir: Path, table: Path = RESULTS_TABLE, *,
         f"{verdict_line(claims)} Every claim with its effect, interval and gates: "
         f"[{claims.name}]({_link(claims, relative_to)}).",
     ]
+    try:
+        rows_of_claims = claims_rows(claims)
+    except ValueError:  # a claims file without its table: the counts alone
+        rows_of_claims = []
+    headline = [r for r in rows_of_claims if HEADLINE in r.get("claim (paper)", "")]
+    if headline:
+        lines += ["", "The headline claims, on the seeds and budgets their test names:", "",
+                  markdown_table(["claim", "test", "effect (points) [95 % interval]", "verdict"],
+                                 [(r["claim (paper)"].split(" in the worst case")[0], r["test"], r[
+                                     "effect [95% interval]"], f"**{r['verdict']}**")
+                                  for r in headline])]
     return "\n".join(lines).strip() + "\n"
 
 
@@ -188,6 +201,11 @@ def _reason_rows(claims: Path) -> list[tuple[str, str]]:
 
 def _claim_verdicts(claims: Path) -> list[str]:
     """The verdict column of the claims table of ``claims`` (bold marks removed)."""
+    return [row["verdict"] for row in claims_rows(claims)]
+
+
+def claims_rows(claims: Path) -> list[dict[str, str]]:
+    """The rows of the claims table of ``claims`` (column -> cell, bold marks removed)."""
     text = claims.read_text(encoding="utf-8") if claims.is_file() else ""
     lines: list[str] = []
     for line in text.splitlines():  # the first table: its contiguous "| ..." lines
@@ -200,10 +218,8 @@ def _claim_verdicts(claims: Path) -> list[str]:
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     if "verdict" not in header:
         raise ValueError(f"{claims}: its first table has no 'verdict' column ({header})")
-    column = header.index("verdict")
-    verdicts = [[c.strip() for c in line.strip("|").split("|")][column].strip("*")
-                for line in lines[2:]]
-    return verdicts
+    return [dict(zip(header, (c.strip().strip("*") for c in line.strip("|").split("|")),
+                     strict=False)) for line in lines[2:]]
 
 
 def gates_block(figures_dir: Path, *, relative_to: Path | None = None) -> str:

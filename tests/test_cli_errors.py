@@ -19,13 +19,14 @@ import pytest
 
 from adt.artifact import bench, pipeline, prepare
 from adt.evaluation import cli as evaluate
-from adt.study import tune
+from adt.study import campaign, tune
 from adt.training import loop, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": loop.command_line, "evaluate": evaluate.main, "sweep": sweep.command_line,
     "pipeline": pipeline.main, "prepare": prepare.main, "tune": tune.main, "bench": bench.main,
+    "budget_study": campaign.main,
 }
 
 BAD = [
@@ -53,6 +54,9 @@ BAD = [
     ("train", ["--method", "standard", "recipe.nope=1"], "unknown recipe field"),
     ("bench", ["--steps", "0"], "0 must be >= 1"),
     ("bench", ["--profile", "nope"], "invalid choice: 'nope'"),
+    ("budget_study", ["--workers", "-1"], "-1 must be >= 0"),
+    ("budget_study", ["--profile", "nope"], "invalid choice: 'nope'"),
+    ("budget_study", ["--profile", "smoke"], "no study design for profile 'smoke'"),
 ]
 
 
@@ -73,7 +77,7 @@ def test_bad_input_is_a_usage_error_before_any_work(name: str, argv: list[str], 
     monkeypatch.chdir(work)
     (tmp_path / "README.md").write_text("# not a checkpoint\n")
     argv = [a.format(tmp=tmp_path) for a in argv]
-    if name in ("sweep", "tune", "prepare", "train"):
+    if name in ("sweep", "tune", "prepare", "train", "budget_study"):
         argv += ["--runs-root", str(work / "runs")]
     code = _exit_code(COMMANDS[name], argv)
     out, err = capsys.readouterr()

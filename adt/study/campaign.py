@@ -18,13 +18,22 @@ in flight. ``python -m adt.budget_study --profile quick`` runs it; it reuses eve
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,28 +206,42 @@ def _commit(paths: Sequence[Path], message: str) -> None:
             if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
                 return
         time.sleep(2)
-    print(f"[adt.study] could not commit {rel}; commit them by hand", flush=True)
+    print(f"[adt.budget_study] could not commit {rel}; commit them by hand", flush=True)
+
+
+def _finished_run(job: StudyJob, runs_root: str | Path) -> bool:
+    from adt.training.runs import METRICS, run_dir
+
+    path = run_dir(job.profile, job.method, job.seed, runs_root) / METRICS
+    return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
 
 
 def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
               workers: int | None = None, commit: bool = False,
-              archive_root: str | Path | None = None) -> dict[str, Any]:
+              archive_root: str | Path | None = None, train: bool = True) -> dict[str, Any]:
     """Train, A_rob-evaluate and archive (into ``archive_root``, default
     :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study in ``workers``
-    one-thread processes; a trained run's evaluation goes before the next training job."""
+    one-thread processes; a trained run's evaluation goes before the next training job.
+    ``train=False``: only the runs already finished are evaluated (reused when stored),
+    measured (``spread.json``) and archived; nothing is trained."""
     from adt.training.archive import ARCHIVE_ROOT, archive_run, restore_archive
     from adt.training.runs import run_dir
 
     restore_archive(runs_root, archive_root or ARCHIVE_ROOT)  # what earlier sessions finished
-    workers = workers or os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     pending = study_jobs(profile, seeds)
-    total, done, started = 2 * len(pending), 0, time.perf_counter()
-    context = multiprocessing.get_context("spawn")
+    if not train:
+        pending = [dataclasses.replace(j, stage="evaluate") for j in pending
+                   if _finished_run(j, runs_root)]
+    total = len(pending) * (2 if train else 1)
+    done, started = 0, time.perf_counter()
     running: dict[Future, StudyJob] = {}
     failed = []
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    pool: Executor = (ThreadPoolExecutor(1) if workers == 0 else ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread))
+    with pool:
         while pending or running:
-            while pending and len(running) < workers:
+            while pending and len(running) < max(workers, 1):
                 job = pending.pop(0)
                 running[pool.submit(_work, job, str(runs_root))] = job
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -244,36 +267,34 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
                         if commit:
                             _commit([archived], f"Budget study: {job.name[9:]} archived")
                 elapsed = time.perf_counter() - started
-                print(f"[adt.study] {done}/{total} jobs, {elapsed / 60:.0f} min: {line}",
-                      flush=True)
+                eta = elapsed / done * (total - done)
+                print(f"[adt.budget_study] {done}/{total} jobs, {elapsed / 60:.0f} min, ETA "
+                      f"{eta / 60:.0f} min: {line}", flush=True)
     return {"jobs": total, "failed": failed, "seconds": round(time.perf_counter() - started)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     from adt.config.profiles import PROFILES, get_profile
+    from adt.core.commands import add_runs_root, add_workers, command_parser
     from adt.core.io import write_json
 
-    parser = argparse.ArgumentParser(prog="python -m adt.budget_study",
-                                     description=__doc__.split("\n\n")[0])
+    parser = command_parser("budget_study", __doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=list(PROFILES),
-                        help="the profile whose claims are studied (default: quick)")
+                        help="the profile whose claims are studied")
     parser.add_argument("--design", action="store_true",
                         help="write the design record benchmarks/study-design-<profile>.json "
                              "from the committed per-seed results, then stop")
     parser.add_argument("--source", default="HEAD",
-                        help="the commit whose outputs the design reads (default: HEAD)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="one-thread worker processes (default: one per core)")
+                        help="the commit whose outputs the design reads")
+    add_workers(parser, "one-thread worker processes for the jobs; 0: no worker processes, "
+                        "the jobs run one after another in this process")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: evaluate, measure and archive the finished runs "
+                             "only")
     parser.add_argument("--commit", action="store_true",
-                        help="git-commit each archived run as it finishes (default: off)")
-    parser.add_argument("--runs-root", default="data/runs",
-                        help="the runs folder (default: data/runs)")
+                        help="git-commit each archived run as it finishes")
+    add_runs_root(parser)
     args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        parser.error(f"--workers {args.workers}: give at least 1 (or leave it out: one per "
-                     "core)")
     profile = get_profile(args.profile)
     if args.design:
         print(f"wrote {write_json(make_design(profile, args.source), design_path(profile))}")
@@ -281,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         design = load_design(profile)
     except FileNotFoundError as err:
-        print(f"python -m adt.budget_study: {err}", file=sys.stderr)
+        print(f"python -m adt.budget_study: error: {err}", file=sys.stderr)
         return 2
     result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
-                       args.commit)
+                       args.commit, train=not args.no_train)
     print(result)
     return 1 if result["failed"] else 0

@@ -130,12 +130,8 @@ def evaluate_run(run: Run, data: ImageDataset | None = None, *,
             return stored
         if path.is_file():
             warnings.warn(f"{path} is not reused: {why}; evaluating again", stacklevel=2)
-    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
-                             sanity=checks, autocast=autocast, progress=progress)
-    table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
-                      seed=run.seed, run=str(run.path), config=config,
-                      run_fingerprint=fingerprint)
-    table.save(path)
+    table = _attack_and_store(run, data, attacks, n, checks, path, config, fingerprint,
+                              autocast=autocast, progress=progress)
     if strict:
         report(table, strict=True)
     return table
@@ -160,8 +156,19 @@ def evaluate_a_rob(run: Run, data: ImageDataset | None = None, *, force: bool = 
     stored = None if force else reusable_table(path, config, fingerprint)[0]
     if stored is not None:
         return stored
-    table = robustness_table(run.model, data, attacks, n, batch_size=settings.batch_size,
-                             sanity=False, autocast=autocast, progress=progress)
+    return _attack_and_store(run, data, attacks, n, False, path, config, fingerprint,
+                             autocast=autocast, progress=progress)
+
+
+def _attack_and_store(run: Run, data: ImageDataset, attacks: Sequence[AttackSpec], n: int,
+                      sanity: SanityChecks | bool, path: Path, config: dict[str, Any],
+                      fingerprint: dict[str, Any], *, autocast: bool,
+                      progress: bool) -> RobustnessTable:
+    """Attack the run's model on the first ``n`` test images and keep the table at
+    ``path`` with what made it (``config``, ``fingerprint``), for the reuse check."""
+    profile = run.profile
+    table = robustness_table(run.model, data, attacks, n, batch_size=profile.eval.batch_size,
+                             sanity=sanity, autocast=autocast, progress=progress)
     table.meta.update(profile=profile.name, dataset=profile.dataset, method=run.method,
                       seed=run.seed, run=str(run.path), config=config,
                       run_fingerprint=fingerprint)

@@ -14,7 +14,6 @@ from torch import nn
 from adt.method.amortized import AmortizedImplicitADT
 from adt.method.distributions import TanhGaussian
 from adt.study.analysis import (
-    compare_per_image,
     distribution_robust_accuracy,
     hessian_power_iteration,
     hessian_top_eigenvalue,
@@ -218,17 +217,6 @@ def test_hessian_power_iteration_reports_convergence() -> None:
     torch.testing.assert_close(hessian_top_eigenvalue(model, x, y, iterations=2,
                                                       generator=torch.Generator().manual_seed(0)),
                                short.eigenvalue)
-
-
-def test_compare_per_image() -> None:
-    a = torch.tensor([1.0, 2.0, 3.0, 100.0])
-    b = torch.tensor([2.0, 1.0, 6.0, 1.0])
-    out = compare_per_image(a, b)
-    assert out["fraction_a_below_b"] == 0.5
-    assert out["mean_a"] == pytest.approx(26.5) and out["median_a"] == 2.0  # lower median
-    assert out["median_ratio"] == pytest.approx(0.5)  # ratios 0.5, 2, 0.5, 100: lower median
-    with pytest.raises(ValueError, match="same images"):
-        compare_per_image(a, b[:3])
 
 
 # ----------------------------------------------------------------------------- Table 4

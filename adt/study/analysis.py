@@ -10,7 +10,7 @@
 - Curvature (Figure 2f): :func:`hessian_top_eigenvalue`, the dominant eigenvalue
   of the input Hessian of the loss by power iteration with Hessian-vector products;
   :func:`hessian_power_iteration` also returns the iterates and convergence
-  diagnostics; :func:`compare_per_image` compares two models image by image.
+  diagnostics.
 - Attack power (Table 4): :func:`distribution_robust_accuracy`, an image is robust
   against an adversarial distribution only if every one of its samples is
   classified correctly.
@@ -46,7 +46,7 @@ from adt.method.distributions import TanhGaussian
 
 __all__ = ["Sampler", "PCA2D", "generator_sample_correct", "pgd_restarts", "mean_pairwise_l2", "pca_2d",
            "surface_directions", "loss_surface", "hessian_top_eigenvalue",
-           "PowerIteration", "hessian_power_iteration", "compare_per_image",
+           "PowerIteration", "hessian_power_iteration",
            "distribution_robust_accuracy", "tanh_gaussian_sampler", "implicit_sampler",
            "adversarial_images"]
 
@@ -296,22 +296,6 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     the ``eigenvalue`` of :func:`hessian_power_iteration`. Returns ``(B,)``."""
     return hessian_power_iteration(model, x, y, iterations=iterations,
                                    generator=generator).eigenvalue
-
-
-def compare_per_image(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """Per-image comparison of two models' values ``a``, ``b`` (same images, ``(B,)``; e.g.
-    Hessian eigenvalues): means, medians, the fraction of images where ``a < b``, and the
-    median of the per-image ratio a / b (ratios of values at least ``tiny`` apart from 0)."""
-    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
-        raise ValueError(f"paired values must be two non-empty (B,) tensors of one shape; got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)} (the same images for both)")
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    tiny = torch.finfo(torch.float64).tiny
-    ratio = a.clamp_min(tiny) / b.clamp_min(tiny)
-    return {"mean_a": a.mean().item(), "mean_b": b.mean().item(),
-            "median_a": a.median().item(), "median_b": b.median().item(),
-            "fraction_a_below_b": (a < b).double().mean().item(),
-            "median_ratio": ratio.median().item(), "n": len(a)}
 
 
 # ----------------------------------------------------------------------------- Table 4

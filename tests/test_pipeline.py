@@ -117,7 +117,7 @@ def test_every_manifest_artefact_exists_with_provenance(smoke: Smoke) -> None:
     # the document: CLAIMS.md; the results: values a chapter stores for a later one to read
     assert kinds == {"figure", "table", "document", "result"}
     assert {f for e in artefacts.values() if e["kind"] == "result" for f in e["files"]} == {
-        "results/res03_generators.json", "results/res05_figures.json"}
+        "results/res03_cost.json", "results/res03_generators.json", "results/res05_figures.json"}
     assert {f for e in artefacts.values() if e["kind"] == "document" for f in e["files"]} == {
         "CLAIMS.md"}
     for entry in artefacts.values():  # what make check-fresh compares with the tree

@@ -227,18 +227,20 @@ def pooled_checks(tables: Sequence[RobustnessTable], level: float = 0.95) -> lis
                            f"{checks.max_autoattack_gap:.0%} at the {level:.0%} lower bound, "
                            f"over {len(tables)} seed(s)", gap=gap, lower_bound=lower, n=n,
                            threshold=checks.max_autoattack_gap))
-    scored = [s["name"] for s in tables[0].specs if s.get("score_based") and s["kind"] != "sanity"]
+    scored = dict.fromkeys(s["name"] for t in tables for s in t.specs
+                           if s.get("score_based") and s["kind"] != "sanity")
     gradient = [s["name"] for s in tables[0].specs if s["kind"] in ("clean", "white")
                 and not s.get("score_based")]
-    for name in scored:
-        rows = [(t.row(name), t.worst_case(gradient)) for t in tables]
+    for name in scored:  # on the seeds whose table has the row (SPSA: the first seed's)
+        having = [t for t in tables if name in t.names]
+        rows = [(t.row(name), t.worst_case(gradient)) for t in having]
         count = sum(int((~row & alive[:len(row)]).sum()) for row, alive in rows)
         n = sum(len(row) for row, _ in rows)
         lower = float(beta.ppf(1 - level, count, n - count + 1)) if count else 0.0
         out.append(_result(f"score_only[{name}]", lower > checks.max_score_only,
                            f"{name} must not break more than {checks.max_score_only:.0%} of the "
                            f"images every gradient attack missed, at the {level:.0%} lower "
-                           f"bound, over {len(tables)} seed(s)", count=count, n=n,
+                           f"bound, over {len(having)} seed(s)", count=count, n=n,
                            rate=count / n, lower_bound=lower, threshold=checks.max_score_only))
     return out
 

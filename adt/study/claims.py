@@ -55,14 +55,22 @@ def format_cell(summary: Mapping[str, float]) -> str:
     return text + f" [{100 * summary['low']:.1f}, {100 * summary['high']:.1f}]"
 
 
+def _within_0_1(summary: dict[str, float]) -> dict[str, float]:
+    """An accuracy's interval cut at the bounds an accuracy can take (a t-interval over few
+    seeds can reach beyond them)."""
+    return {**summary, "low": max(0.0, summary["low"]), "high": min(1.0, summary["high"])}
+
+
 def seed_rows(tables: Mapping[str, Sequence[RobustnessTable]], columns: Sequence[str],
               labels: Mapping[str, str] | None = None
               ) -> tuple[list[list[str]], dict[str, dict[str, dict[str, float]]]]:
     """One row per method: its label, then :func:`format_cell` of each column over its
-    seeds; also the summaries themselves (method -> column -> :func:`~adt.study.stats.seed_summary`)."""
+    seeds (accuracies: the interval is cut at 0 and 1); also the summaries themselves
+    (method -> column -> :func:`~adt.study.stats.seed_summary`)."""
     rows, summaries = [], {}
     for method, method_tables in tables.items():
-        summaries[method] = {c: seed_summary(per_example(method_tables, c)) for c in columns}
+        summaries[method] = {c: _within_0_1(seed_summary(per_example(method_tables, c)))
+                             for c in columns}
         rows.append([(labels or {}).get(method, method),
                      *(format_cell(summaries[method][c]) for c in columns)])
     return rows, summaries

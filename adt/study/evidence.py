@@ -103,5 +103,6 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
               f"reference images; {level:.0%} upper bounds {bounds['a']:.3f} and "
               f"{bounds['b']:.3f}; interval [{e.low:+.3f}, {e.high:+.3f}] widened to "
               f"[{widened.low:+.3f}, {widened.high:+.3f}]: {again} (was {comparison.verdict})")
-    return Gate("a_rob_error", model, max(bounds.values()), "cannot change the verdict", passed,
+    return Gate("a_rob_error", model, max(bounds.values()), "a verdict the error cannot change",
+                passed,
                 detail, "" if passed else "the evaluation error could change the verdict")

@@ -23,6 +23,7 @@ __all__ = ["plot_budget_effects", "plot_training_curves", "plot_accuracy_curves"
 
 _CURVES = (("loss", "training loss (own batches)"), ("clean_accuracy", "clean accuracy (%)"),
            ("pgd_accuracy", "PGD-{steps} accuracy (%)"))
+_PANEL_TITLES = ("(a) training loss", "(b) clean accuracy", "(c) PGD-{steps} accuracy")
 
 
 def method_color(method: str) -> Any:
@@ -94,7 +95,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[Run]], *, title: str,
 
     One colour per method (the first seed drawn opaque, the others lighter); methods in
     ``highlight`` solid, the others dotted (all solid when ``highlight`` is empty); the
-    epsilon ramp of the first ``warmup_epochs`` epochs is shaded; ``gate_epochs`` (first,
+    epsilon ramp of the first ``warmup_epochs`` epochs is shaded grey (a legend entry);
+    the panels are titled (a)-(c); ``gate_epochs`` (first,
     last) hatches, on the PGD panel, the epochs the "flat_last_epochs" gate of ``adt.study.gates``
     compares. The legend is to the right of the last panel.
     """
@@ -110,11 +112,14 @@ def plot_training_curves(runs: Mapping[str, Sequence[Run]], *, title: str,
                 ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], marker="o", ms=3,
                         ls=style, color=method_color(method), alpha=1.0 if i == 0 else 0.4,
                         label=method_label(method) if i == 0 else None)
-    for ax, (_, label) in zip(axes, _CURVES, strict=True):
+    for ax, (_, label), panel in zip(axes, _CURVES, _PANEL_TITLES, strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label.format(steps=steps))
-        if warmup_epochs:
-            ax.axvspan(0.5, warmup_epochs + 0.5, color="k", alpha=0.06)
+        ax.set_title(panel.format(steps=steps), fontsize=9)
+        if warmup_epochs:  # labelled once, on the panel that carries the legend
+            ax.axvspan(0.5, warmup_epochs + 0.5, color="k", alpha=0.06,
+                       label=("eps ramp (epoch 1)" if warmup_epochs == 1 else
+                              f"eps ramp (epochs 1-{warmup_epochs})") if ax is axes[-1] else None)
     if gate_epochs is not None:
         axes[2].axvspan(gate_epochs[0] - 0.3, gate_epochs[1] + 0.3, facecolor="none",
                         edgecolor="0.4", hatch="///", lw=0, label="epochs of the flat_last_epochs gate")
@@ -168,7 +173,8 @@ def plot_loss_contours(surfaces: Mapping[str, Mapping[str, Any]], *, scale: floa
                        title: str, image: int = 0, levels: int = 15, fig: Any = None) -> Any:
     """Filled contours of loss surfaces (Figure 2a-e), one panel per method in the order
     given, on ONE colour scale (a log scale: the standard model's loss spans decades) with
-    one colourbar; the eps-box (|a|, |b| <= 1/scale) is drawn in every panel.
+    one colourbar, ticked at the decades it spans; the eps-box (|a|, |b| <= 1/scale) is
+    drawn in every panel.
 
     ``surfaces[m]``: a :func:`adt.study.analysis.loss_surface` result (``a``, ``b`` in [-1, 1],
     ``loss`` of shape (B, grid, grid) with ``loss[n, i, j]`` at (a[i], b[j])); the axes
@@ -203,7 +209,10 @@ def plot_loss_contours(surfaces: Mapping[str, Mapping[str, Any]], *, scale: floa
             ax.set_ylabel("b: random direction (eps)", fontsize=8)
         ax.tick_params(labelsize=7)
     bar = fig.colorbar(cs, ax=list(axes), shrink=0.9)
-    bar.set_ticks(bounds[::3], labels=[f"{v:.3g}" for v in bounds[::3]])
+    decades = 10.0 ** np.arange(np.ceil(np.log10(low) - 1e-9), np.floor(np.log10(high) + 1e-9) + 1)
+    ticks = decades if len(decades) >= 2 else np.array([low, *decades, high])
+    bar.set_ticks(ticks, labels=[f"1e{np.log10(v):.0f}" if v in decades else f"{v:.2g}"
+                                 for v in ticks])
     bar.ax.minorticks_off()
     bar.ax.tick_params(labelsize=7)
     bar.set_label("cross-entropy (log scale)", fontsize=8)

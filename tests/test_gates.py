@@ -270,8 +270,12 @@ def test_an_a_rob_error_voids_a_verdict_only_where_it_could_flip_it():
     assert not flips.passed and "inconclusive (was contradicted)" in flips.detail
     assert gated_verdict("contradicted", [flips]).startswith(f"{NOT_TESTABLE}: a_rob_error")
     # an inconclusive verdict cannot be flipped by widening
-    assert a_rob_error(_comparison(0.0, -0.05, 0.05, verdict="inconclusive"),
+    assert a_rob_error(_comparison(0.0, -0.05, 0.05, seeds=8, verdict="inconclusive"),
                        {"a": (10, 120), "b": (10, 120)}).passed
+    # on fewer than 5 seeds nothing is decided: the evidence gate speaks, not this one
+    few = a_rob_error(_comparison(-0.04, -0.06, -0.01, seeds=2, verdict="contradicted"),
+                      {"a": (0, 120), "b": (2, 120)})
+    assert few.passed and "no decided verdict" in few.detail
 
 
 def test_sample_spread_needs_every_seed_to_spread():

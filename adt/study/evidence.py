@@ -91,9 +91,15 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
     one by up to :func:`overstatement_bound`; so the effect may lie lower by up to A's bound
     and higher by up to B's. The interval is widened by both, in the direction each could
     move it, and the verdict taken again: the gate fails only if it changes (an error that
-    can only widen a deficit the claim already shows does not void it). value = the larger
-    bound."""
+    can only widen a deficit the claim already shows does not void it). On fewer than
+    :data:`MIN_SEEDS` seeds nothing is decided and the gate passes (the evidence gate speaks).
+    value = the larger bound."""
     bounds = {k: overstatement_bound(*overstated[k], level=level) for k in ("a", "b")}
+    if comparison.seeds < MIN_SEEDS:  # nothing is decided, so nothing can be changed
+        return Gate("a_rob_error", model, max(bounds.values()),
+                    "a verdict the error cannot change", True,
+                    f"{comparison.seeds} seed(s): no decided verdict for the error to change "
+                    f"(bounds {bounds['a']:.3f} and {bounds['b']:.3f})")
     e = comparison.effect
     widened = Interval(e.estimate, e.low - bounds["a"], e.high + bounds["b"])
     again = verdict(widened, direction=comparison.direction)

@@ -1,5 +1,5 @@
 # The whole set-up on a fresh machine is one of these two commands:
-#   make reproduce   regenerate every table and figure (profile quick, CPU, ~77 min; README)
+#   make reproduce   regenerate every table and figure (profile quick, CPU; the README gives its time)
 #   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
 # Options: make reproduce PROFILE=fashion DEVICE=cuda [FORCE_RETRAIN=1: retrain every run]
 #          [NO_PROGRESS=1: no progress lines]; on a CUDA machine: TORCH="torch==2.11.0 torchvision==0.26.0"

@@ -93,7 +93,8 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
     move it, and the verdict taken again: the gate fails only if it changes (an error that
     can only widen a deficit the claim already shows does not void it). On fewer than
     :data:`MIN_SEEDS` seeds nothing is decided and the gate passes (the evidence gate speaks).
-    value = the larger bound."""
+    value = the bound that could move the interval across zero (B's for a deficit, A's for
+    a gain)."""
     bounds = {k: overstatement_bound(*overstated[k], level=level) for k in ("a", "b")}
     if comparison.seeds < MIN_SEEDS:  # nothing is decided, so nothing can be changed
         return Gate("a_rob_error", model, max(bounds.values()),
@@ -109,6 +110,7 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
               f"reference images; {level:.0%} upper bounds {bounds['a']:.3f} and "
               f"{bounds['b']:.3f}; interval [{e.low:+.3f}, {e.high:+.3f}] widened to "
               f"[{widened.low:+.3f}, {widened.high:+.3f}]: {again} (was {comparison.verdict})")
-    return Gate("a_rob_error", model, max(bounds.values()), "a verdict the error cannot change",
-                passed,
+    # value: the bound on the side that could move the interval across zero
+    side = bounds["b"] if e.high < 0 else bounds["a"] if e.low > 0 else max(bounds.values())
+    return Gate("a_rob_error", model, side, "a verdict the error cannot change", passed,
                 detail, "" if passed else "the evaluation error could change the verdict")

@@ -288,7 +288,7 @@ def sample_spread(spread: float | Sequence[float], uniform: float | Sequence[flo
     """An ADT method learns a distribution, not a point: the mean pairwise l2 distance of
     its samples of the same image (``spread``, one value per seed) is at least ``min_ratio``
     times that of uniform noise in the epsilon-box on the same images (``uniform``), on
-    every seed. value = the smallest ratio over the seeds."""
+    every run (seed, budget). value = the smallest ratio over the runs."""
     check_positive(min_ratio, "min_ratio", "0.1")
     ours, control = np.atleast_1d(np.asarray(spread, float)), np.atleast_1d(
         np.asarray(uniform, float))
@@ -299,7 +299,7 @@ def sample_spread(spread: float | Sequence[float], uniform: float | Sequence[flo
     worst = float(ratios.min())
     passed = at_least(worst, min_ratio)
     return Gate("sample_spread", model, worst, f">= {min_ratio:g} x uniform noise, every seed",
-                passed, "mean pairwise l2 of samples / uniform noise's, per seed: "
+                passed, "mean pairwise l2 of samples / uniform noise's, per run: "
                 + ", ".join(f"{r:.3f}" for r in ratios)
                 + ("" if passed else ": the samples are nearly one point (a deterministic "
                    "attack, not a distribution)"),

@@ -163,6 +163,7 @@ def test_the_a_rob_cascade_is_a_rob_and_the_archive_restores_it_exactly(tmp_path
                                                             SPREAD_FILE}
     stored = torch.load(with_generator / "run.pt", weights_only=False)
     assert stored["maximizer"]["_extra_state"]["optimizer"]["state"] == {}  # no moments
+    assert not any(k.startswith("encoder.") for k in stored["maximizer"])  # training only
     restored_root = tmp_path / "restored"
     assert restore_archive(restored_root, archive) == [restored_root / archived_runs(archive)[0]]
     again = load_run(smoke, "adt_imp_am", 0, device="cpu", runs_root=restored_root)

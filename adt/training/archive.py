@@ -33,11 +33,20 @@ ARCHIVED = "run.pt"
 _KEPT = ("format", "identity", "epoch", "model", "maximizer", "metrics")
 
 
+#: Maximiser parts that only training uses (ADT_IMP-AM's encoder, 12 times the quick
+#: classifier: its NLL is logged in the metrics; no table, figure or sample reads it again).
+#: Archived without them, a run restores them freshly built (``partial_maximizer``).
+TRAINING_ONLY = ("encoder.",)
+
+
 def _weights_only(state: dict[str, Any]) -> dict[str, Any]:
     """A maximiser's state dict without its optimisers' moments (kept in ``_extra_state``
-    by the amortised methods): the parameter groups stay, so it still loads."""
+    by the amortised methods: the parameter groups stay, so it still loads) and without
+    its :data:`TRAINING_ONLY` parts."""
     out = {}
     for key, value in state.items():
+        if key.startswith(TRAINING_ONLY):
+            continue
         if key.endswith("_extra_state") and isinstance(value, dict):
             value = {k: ({"state": {}, "param_groups": v["param_groups"]}
                          if isinstance(v, dict) and "param_groups" in v else v)
@@ -66,8 +75,10 @@ def archive_run(folder: str | Path, runs_root: str | Path = DEFAULT_RUNS_ROOT,
                          "only finished runs are archived: finish it first")
     kept = {k: ckpt[k] for k in _KEPT}
     kept["maximizer"] = _weights_only(kept["maximizer"]) if maximizer else None
+    kept["partial_maximizer"] = True
     stored = target / ARCHIVED
-    if not stored.is_file() or torch.load(stored, weights_only=False)["metrics"] != kept["metrics"]:
+    before = torch.load(stored, weights_only=False) if stored.is_file() else {}
+    if before.keys() != kept.keys() or before["metrics"] != kept["metrics"]:
         save_torch(kept, stored)
     for path in _jsons(folder):
         shutil.copyfile(path, target / path.name)

@@ -319,7 +319,9 @@ def restore_modules(ckpt: dict[str, Any], path: Path, expected: dict[str, Any],
     try:
         model.load_state_dict(ckpt["model"])
         if ckpt["maximizer"] is not None:  # None: an archived run kept without it
-            maximizer.load_state_dict(ckpt["maximizer"])
+            # an archived maximiser lacks its training-only parts (adt.training.archive)
+            maximizer.load_state_dict(ckpt["maximizer"],
+                                      strict=not ckpt.get("partial_maximizer", False))
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit the {expected['model']} model / "
                          f"{expected['method']} maximiser built now ({str(err)[:300]}); pass "

@@ -189,3 +189,39 @@ def test_cost_is_counted_the_same_every_time():
     first = flops_ratios("smoke", ("adt_exp", "trades"), batch_size=8)
     assert first == flops_ratios("smoke", ("adt_exp", "trades"), batch_size=8)
     assert first["pgd_at"] == 1.0 and first["trades"] > 1.0
+
+
+def _history(pgd):
+    return [{"epoch": e + 1, "lr": 0.01, "pgd_accuracy": a, "clean_accuracy": 0.98}
+            for e, a in enumerate(pgd)]
+
+
+def test_one_monitor_image_cannot_fail_flat_last_epochs():
+    from adt.study.gates import FLAT_Z, flat_last_epochs
+
+    edge = _history([0.70, 0.860, 0.892])  # 16 of 500 monitor images: 0.2 points over 3
+    assert not flat_last_epochs(edge).passed
+    gate = flat_last_epochs(edge, monitor_examples=500)
+    assert gate.passed and gate.value == pytest.approx(0.032 - FLAT_Z * 4 / 500)
+    assert "95% lower bound" in gate.threshold and "range 0.032" in gate.detail
+    assert not flat_last_epochs(_history([0.5, 0.80, 0.90]), monitor_examples=500).passed
+    with pytest.raises(ValueError, match="monitor_examples"):
+        flat_last_epochs(edge, monitor_examples=0)
+
+
+def test_the_study_runs_are_gated_as_one_per_method(tmp_path):
+    from adt.study.budget import study_flat_gates
+    from adt.training.runs import METRICS, run_dir
+
+    profile = get_profile("smoke")
+    for factor, seed, pgd in ((1, 0, [0.8, 0.8]), (2, 0, [0.8, 0.81]), (1, 1, [0.5, 0.9]),
+                              (2, 1, [0.9, 0.9])):
+        folder = run_dir(profile.with_budget(factor), "pgd_at", seed, tmp_path)
+        folder.mkdir(parents=True)
+        (folder / METRICS).write_text(json.dumps({"history": _history(pgd)}))
+    gate = study_flat_gates(profile, ["pgd_at"], [0, 1], [1, 2], tmp_path, (2, 4))["pgd_at"]
+    assert not gate.passed and gate.value == pytest.approx(0.4)
+    assert "3 of 4 runs flat" in gate.detail and "seed 1 at 2 epochs" in gate.detail
+    missing = study_flat_gates(profile, ["pgd_at"], [0, 1, 2], [1, 2], tmp_path)["pgd_at"]
+    assert not missing.passed and "of 6 runs" in missing.detail
+    assert study_flat_gates(profile, ["pgd_at"], [0], [1, 2], tmp_path)["pgd_at"].passed

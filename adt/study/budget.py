@@ -31,7 +31,7 @@ from adt.study.stats import Comparison, Interval, paired_comparison, seed_interv
 from adt.study.verdicts import Gate
 
 __all__ = ["StudyGrids", "read_grids", "complete_seeds", "PairResult", "judge_pair",
-           "read_spreads"]
+           "read_spreads", "study_flat_gates"]
 
 #: (budget factor, method) -> {seed: per-example A_rob correctness}
 StudyGrids = dict[tuple[int, str], dict[int, np.ndarray]]
@@ -103,22 +103,64 @@ def judge_pair(grids: StudyGrids, a: str, b: str, seeds: Sequence[int],
     return PairResult(short, long, change, per_seed, gates)
 
 
+def _read_records(profile: Profile, methods: Sequence[str], seeds: Sequence[int],
+                  budgets: Sequence[int], runs_root: str | Path, filename: str
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """The JSON file ``filename`` of every study run of ``methods`` (method -> records, each
+    with its "seed" and "budget" added); a run without the file is missing from its list."""
+    from adt.core.io import read_json
+    from adt.training.runs import run_dir
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        records = []
+        for factor in budgets:
+            for seed in seeds:
+                path = run_dir(profile.with_budget(factor), method, seed, runs_root) / filename
+                if path.is_file():
+                    records.append({**read_json(path), "seed": seed, "budget": factor})
+        out[method] = records
+    return out
+
+
 def read_spreads(profile: Profile, methods: Sequence[str], seeds: Sequence[int],
                  budgets: Sequence[int], runs_root: str | Path
                  ) -> dict[str, list[Mapping[str, Any]]]:
     """The stored ``spread.json`` of each ADT run of the study (method -> records), for the
     ``sample_spread`` gate; a run without one is missing from its list."""
-    from adt.core.io import read_json
     from adt.study.spread import SPREAD_FILE
-    from adt.training.runs import run_dir
 
-    out: dict[str, list[Mapping[str, Any]]] = {}
-    for method in methods:
-        records = []
-        for factor in budgets:
-            for seed in seeds:
-                path = run_dir(profile.with_budget(factor), method, seed, runs_root) / SPREAD_FILE
-                if path.is_file():
-                    records.append({**read_json(path), "seed": seed, "budget": factor})
-        out[method] = records
+    return dict(_read_records(profile, methods, seeds, budgets, runs_root, SPREAD_FILE))
+
+
+def study_flat_gates(profile: Profile, methods: Sequence[str], seeds: Sequence[int],
+                     budgets: Sequence[int], runs_root: str | Path,
+                     epochs: Sequence[int] | None = None,
+                     monitor_examples: int | None = None) -> dict[str, Gate]:
+    """:func:`adt.study.gates.flat_last_epochs` on every study run of each method (its
+    ``metrics.json``), as one gate per method: it passes when every run passes, and its value
+    is the largest value it tests over the runs (``monitor_examples``: see
+    :func:`~adt.study.gates.flat_last_epochs`)."""
+    from adt.method.methods import LABELS
+    from adt.study.gates import flat_last_epochs
+    from adt.training.runs import METRICS
+
+    names = dict(zip(budgets, epochs, strict=True)) if epochs else {}
+    out = {}
+    for method, records in _read_records(profile, methods, seeds, budgets, runs_root,
+                                         METRICS).items():
+        gates = [flat_last_epochs(r["history"], monitor_examples=monitor_examples)
+                 for r in records]
+        failed = [f"seed {r['seed']} at {names.get(r['budget'], r['budget'])} epochs"
+                  for r, g in zip(records, gates, strict=True) if not g.passed]
+        values = [g.value for g in gates if g.value is not None]
+        expected = len(seeds) * len(budgets)
+        passed = len(gates) == expected and not failed
+        out[method] = Gate("flat_last_epochs", f"{LABELS[method]} (study runs)",
+                           max(values) if values else None,
+                           gates[0].threshold if gates else "", passed,
+                           f"{len(gates) - len(failed)} of {expected} runs flat (seeds "
+                           f"{list(seeds)} x {len(budgets)} budgets); the largest value shown"
+                           + (f"; not flat: {', '.join(failed)}" if failed else ""),
+                           "" if passed else "still changing or missing")
     return out

@@ -66,7 +66,7 @@ from adt.study.verdicts import (
 
 __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE",
            "BUDGET_SENSITIVE", "GATED_VERDICTS", "GATE_KINDS", "UNRELIABLE_COLUMNS",
-           "FLAT_LAST", "FLAT_MAX_CHANGE", "FLAT_MIN_CLEAN", "BASELINE_FLOOR", "TRADES_RATIO",
+           "FLAT_LAST", "FLAT_MAX_CHANGE", "FLAT_Z", "FLAT_MIN_CLEAN", "BASELINE_FLOOR", "TRADES_RATIO",
            "A_ROB_ERROR_LEVEL", "SPREAD_MIN_RATIO", "GENERATOR_MIN_MARGIN",
            "CLONE_MAX_AGREEMENT", "CLONE_MAX_TRANSFER_GAP", "MIN_SEEDS",
            "flat_last_epochs", "stable_under_budget", "credible_baseline", "credible_trades",
@@ -85,6 +85,9 @@ FLAT_LAST = 2
 #: images (sqrt(0.8 * 0.2 / 500) = 1.8 points); the change is paired (the same images at
 #: consecutive epochs), so a larger one is a trend, not noise.
 FLAT_MAX_CHANGE = 0.03
+#: With the monitor's size known, the change must exceed FLAT_MAX_CHANGE at its one-sided
+#: 95 % lower bound (z = 1.645): one image (0.2 points of 500) cannot fail a run.
+FLAT_Z = 1.6448536269514722
 #: ... and the run trained at all: its last monitored clean accuracy is at least 0.5 (chance
 #: is 0.1 on the 10-class datasets). Added after a quick ADT_EXP run stayed at chance for
 #: all its epochs, a flat curve the change criterion alone passes (REPRODUCTION.md).
@@ -166,7 +169,7 @@ def _fraction(value: float, what: str, example: str) -> float:
 
 def flat_last_epochs(history: Sequence[Mapping[str, Any]], *, last: int = FLAT_LAST,
                      max_change: float = FLAT_MAX_CHANGE, min_clean: float = FLAT_MIN_CLEAN,
-                     model: str = "") -> Gate:
+                     monitor_examples: int | None = None, model: str = "") -> Gate:
     """The run ended flat: over its last ``last`` epochs (the annealed end of the schedule,
     after the final learning-rate decay when the schedule gives it at least ``last``
     epochs) the monitored PGD accuracy ranges over at most ``max_change``.
@@ -180,10 +183,20 @@ def flat_last_epochs(history: Sequence[Mapping[str, Any]], *, last: int = FLAT_L
     sees the decay's jump and fails. With one epoch there is nothing to compare: it fails.
     A run whose last monitored clean accuracy is below ``min_clean`` never trained (a flat
     curve at chance is not a plateau): it fails too.
+
+    With ``monitor_examples`` (n, the monitor's images) the change must exceed ``max_change``
+    beyond its images' sampling noise, as the pooled masking checks do: the gate tests the
+    one-sided 95 % lower bound change - 1.645 sqrt(change n) / n, the bound of the paired
+    difference with the fewest discordant images the change allows (every image that
+    changed moved the same way, so the tightest bound). Without it, the bare range (one
+    image can cross the threshold).
     """
     check_int_at_least(last, 2, "last", "2")
     check_nonnegative(max_change, "max_change", "0.03")
     threshold = f"<= {max_change:g} over the last {last} epochs"
+    if monitor_examples is not None:
+        n = check_int_at_least(monitor_examples, 1, "monitor_examples", "500")
+        threshold = f"95% lower bound {threshold} ({n} monitor images)"
     records = sorted(history, key=lambda r: r["epoch"])
     if not records:
         return Gate("flat_last_epochs", model, None, threshold, False, "no epochs recorded",
@@ -195,15 +208,19 @@ def flat_last_epochs(history: Sequence[Mapping[str, Any]], *, last: int = FLAT_L
                     "one epoch")
     accuracies = [float(r["pgd_accuracy"]) for r in window]
     change = max(accuracies) - min(accuracies)
+    tested = change
+    if monitor_examples is not None:  # a bound below 0 means no change is resolved: 0
+        tested = max(0.0, change - FLAT_Z * float(np.sqrt(change * n)) / n)
     rates = sorted({float(r["lr"]) for r in window})
     where = (f"lr {rates[0]:g}" if len(rates) == 1 else
              "across a learning-rate decay (" + ", ".join(f"{r:g}" for r in rates) + ")")
     shown = ", ".join(f"{r['epoch']}: {a:.3f}" for r, a in zip(window, accuracies, strict=True))
     clean = float(window[-1].get("clean_accuracy", 1.0))
     learned = at_least(clean, min_clean)
-    passed = at_most(change, max_change) and learned
-    return Gate("flat_last_epochs", model, change, threshold + f"; clean >= {min_clean:g}", passed,
-                f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}"
+    passed = at_most(tested, max_change) and learned
+    bound = f", 95% lower bound {tested:.3f}" if monitor_examples is not None else ""
+    return Gate("flat_last_epochs", model, tested, threshold + f"; clean >= {min_clean:g}", passed,
+                f"monitored PGD accuracy at epochs {shown} ({where}); range {change:.3f}{bound}"
                 + ("" if learned else f"; clean accuracy {clean:.3f}: the run never trained"),
                 "" if passed else "still changing" if learned else "never trained")
 

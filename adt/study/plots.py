@@ -156,7 +156,7 @@ def plot_accuracy_curves(epsilons: Sequence[float], by_epsilon: Mapping[str, Seq
                             edgecolors=method_color(m), linewidths=1.2, zorder=3)
     for m, values in by_steps.items():
         axes[1].plot(steps, values, marker="o", ms=4, color=method_color(m), label=method_label(m))
-    axes[0].axvline(epsilon, ls="--", color="k", lw=1, label=f"training eps = {epsilon:.3g}")
+    axes[0].axvline(epsilon, ls="--", color="k", lw=1)
     axes[0].set_xlabel("attack radius eps'")
     axes[0].set_ylabel(f"PGD-{attack_steps} accuracy (%)")
     axes[1].set_xscale("log")
@@ -164,6 +164,10 @@ def plot_accuracy_curves(epsilons: Sequence[float], by_epsilon: Mapping[str, Seq
     axes[1].set_ylabel(f"PGD accuracy at eps = {epsilon:.3g} (%)")
     for ax in axes:
         percent_axis(ax)
+    # the legend (beside the right panel) also explains the marks of the left one
+    axes[1].plot([], [], ls="--", color="k", lw=1, label=f"(a) training eps = {epsilon:.3g}")
+    axes[1].scatter([], [], s=90, facecolors="none", edgecolors="0.4", linewidths=1.2,
+                    label="(a) steepest segment's ends")
     legend_outside(axes[1])
     fig.suptitle(title.replace("`", ""), fontsize=9)
     return fig

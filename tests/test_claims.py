@@ -111,3 +111,15 @@ def test_the_curvature_statistic_is_the_geometric_mean_ratio_not_the_mean():
     assert format_log_ratio(result.effect).startswith("x1.87 [")
     flatter = curvature_comparison(b / 3, b)
     assert 10 ** flatter.effect.estimate == pytest.approx(1 / 3) and flatter.verdict == "supported"
+
+
+def test_gates_summary_counts_each_gate_and_names_the_failing():
+    from adt.study.verdicts import Gate, gates_summary
+
+    gates = [Gate("flat_last_epochs", "AT seed 0", 0.0, "<= 0.03", True, ""),
+             Gate("flat_last_epochs", "AT seed 1", 0.05, "<= 0.03", False, ""),
+             Gate("sample_spread", "ADT_EXP", 0.9, ">= 0.1", True, "")]
+    header, rows = gates_summary(gates)
+    assert header == ["gate", "threshold", "pass", "failing (value)"]
+    assert rows == [["flat_last_epochs", "<= 0.03", "1 of 2", "AT seed 1 (0.05)"],
+                    ["sample_spread", ">= 0.1", "1 of 1", "-"]]

@@ -42,8 +42,10 @@ RESULTS_TABLE = Path("tables") / "tab04_whitebox.csv"
 CLAIMS = Path("CLAIMS.md")
 #: What the headline claims' rows of ``CLAIMS.md`` say (the worst-case A_rob claims).
 HEADLINE = "in the worst case (A_rob"
-#: The gates' tables, relative to the output folder (notebook 06).
+#: The gates' tables, relative to the output folder (notebook 06): per model and seed of the
+#: chapters, and per method over the budget study's runs (optional).
 GATES_TABLE = Path("tables") / "tab06_gates.csv"
+STUDY_GATES_TABLE = Path("tables") / "tab06_study_gates.csv"
 
 _CELL = re.compile(r"^\s*(-?[\d.]+)\s*±\s*([\d.]+)\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*$")
 
@@ -165,12 +167,15 @@ def results_block(figures_dir: Path, table: Path = RESULTS_TABLE, *,
 
 
 def _gate_rows(figures_dir: Path) -> list[tuple[str, str]]:
-    """(gate, its current value) for every gate of the committed per-model gate table: how
-    many models, seeds or pairs pass, and the failing ones with their values."""
-    path = figures_dir / GATES_TABLE
+    """(gate, its current value) for every gate of the committed per-model gate table, then
+    of the budget study's (its names marked "(study runs)"): how many models, seeds or pairs
+    pass, and the failing ones with their values."""
     by_gate: dict[str, list[dict[str, str]]] = {}
-    for row in _read_csv(path):
-        by_gate.setdefault(row["gate"], []).append(row)
+    for table, mark in ((GATES_TABLE, ""), (STUDY_GATES_TABLE, " (study runs)")):
+        if table == STUDY_GATES_TABLE and not (figures_dir / table).is_file():
+            continue
+        for row in _read_csv(figures_dir / table):
+            by_gate.setdefault(f"`{row['gate']}`{mark}", []).append(row)
     out = []
     for gate, rows in by_gate.items():
         if len(rows) == 1:
@@ -179,7 +184,7 @@ def _gate_rows(figures_dir: Path) -> list[tuple[str, str]]:
             failed = [f"{r['model']} ({r['value']})" for r in rows if r["result"] != "pass"]
             value = f"{len(rows) - len(failed)} of {len(rows)} pass" + (
                 f"; fail: {', '.join(failed)}" if failed else "")
-        out.append((f"`{gate}`", value))
+        out.append((gate, value))
     return out
 
 
@@ -229,9 +234,12 @@ def gates_block(figures_dir: Path, *, relative_to: Path | None = None) -> str:
     links (relative to ``relative_to``, as in :func:`results_block`)."""
     figures_dir = Path(figures_dir)
     per_model = figures_dir / GATES_TABLE.with_suffix(".md")
+    study = figures_dir / STUDY_GATES_TABLE.with_suffix(".md")
     claims = figures_dir / CLAIMS
     return (markdown_table(["gate", "current value (committed outputs)"], _gate_rows(figures_dir))
-            + f"\nPer model and seed: [{per_model.name}]({_link(per_model, relative_to)}).\n\n"
+            + f"\nPer model and seed: [{per_model.name}]({_link(per_model, relative_to)})"
+            + (f"; the study's runs: [{study.name}]({_link(study, relative_to)})"
+               if study.is_file() else "") + ".\n\n"
             + markdown_table(["verdict: the gate or reason that decides it", "claims"],
                              _reason_rows(claims))
             + f"\nEvery claim: [{claims.name}]({_link(claims, relative_to)}).\n")

@@ -60,6 +60,7 @@ from adt.study.verdicts import (
     at_most,
     format_value,
     gated_verdict,
+    gates_summary,
     gates_table,
     verdict_category,
 )
@@ -72,7 +73,7 @@ __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE"
            "flat_last_epochs", "stable_under_budget", "credible_baseline", "credible_trades",
            "unreliable_columns", "reliable_column", "overstatement_bound", "a_rob_error",
            "sample_spread", "working_generator", "distinct_models", "enough_evidence",
-           "gated_verdict", "verdict_category", "gates_table", "format_value"]
+           "gated_verdict", "verdict_category", "gates_table", "gates_summary", "format_value"]
 
 # --- thresholds ----------------------------------------------------------------------------
 

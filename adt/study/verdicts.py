@@ -14,7 +14,7 @@ from adt.study.stats import VERDICTS
 
 __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE",
            "BUDGET_SENSITIVE", "GATED_VERDICTS", "GATE_KINDS", "format_value", "gated_verdict",
-           "verdict_category", "gates_table", "at_most", "at_least", "SLACK"]
+           "verdict_category", "gates_table", "gates_summary", "at_most", "at_least", "SLACK"]
 
 # --- the reported verdicts ---------------------------------------------------------------
 
@@ -108,6 +108,20 @@ def gates_table(gates: Sequence[Gate]) -> tuple[list[str], list[list[str]]]:
     pass/fail, detail), e.g. for :func:`adt.core.io.markdown_table`."""
     return (["gate", "model", "value", "threshold", "result", "detail"],
             [g.to_row() for g in gates])
+
+
+def gates_summary(gates: Sequence[Gate]) -> tuple[list[str], list[list[str]]]:
+    """One row per gate name (in order of first appearance): its threshold, how many of its
+    models, seeds or pairs pass, and the failing ones with their values; the short companion
+    of :func:`gates_table`."""
+    by_name: dict[str, list[Gate]] = {}
+    for g in gates:
+        by_name.setdefault(g.gate, []).append(g)
+    rows = [[name, " / ".join(dict.fromkeys(g.threshold for g in group)),
+             f"{sum(g.passed for g in group)} of {len(group)}",
+             "; ".join(f"{g.model} ({format_value(g.value)})" for g in group if not g.passed)
+             or "-"] for name, group in by_name.items()]
+    return ["gate", "threshold", "pass", "failing (value)"], rows
 
 
 #: The rounding slack of every comparison with a threshold: a value exactly at a threshold

@@ -38,7 +38,7 @@ __all__ = ["Architecture", "LoadedCheckpoint", "ReleaseStatus", "RELEASE_FOLDER"
 #: Where under the data root the release's files go.
 RELEASE_FOLDER = "release"
 #: The release's repository (its README links the trained models).
-RELEASE_REPOSITORY = "https://github.com/thudzj/ADT"
+RELEASE_REPOSITORY = "https://github.com/dongyp13/Adversarial-Distributional-Training"
 SUPPORTED = ("WideResNet in the release's layout (conv1, block1-3.layer.i, bn1, fc; any "
              "depth 6n+4 and widen factor), PreActResNet18 and SmallCNN of adt.core.models")
 _WRAPPERS = ("state_dict", "model", "net", "model_state_dict")

@@ -237,20 +237,23 @@ def _mean(values: float | Sequence[float]) -> tuple[float, int]:
 
 
 def credible_baseline(autoattack_accuracy: float | Sequence[float], *,
-                      floor: float = BASELINE_FLOOR, model: str = "AT (PGD)") -> Gate:
+                      floor: float = BASELINE_FLOOR, measure: str = "AutoAttack",
+                      model: str = "AT (PGD)") -> Gate:
     """PGD-AT's AutoAttack accuracy (a number, or one per seed: their mean) reaches
     ``floor`` (:data:`BASELINE_FLOOR`: 75 %, from the published 88.43 % of full-MNIST PGD-AT
-    at epsilon 0.3, lowered for the 4,000-image, 5-8-epoch proxy)."""
+    at epsilon 0.3, lowered for the 4,000-image, 5-8-epoch proxy). ``measure`` names what
+    was passed (e.g. "A_rob", at most AutoAttack's accuracy: a stricter floor)."""
     _fraction(floor, "floor", "0.75")
     mean, seeds = _mean(autoattack_accuracy)
     passed = at_least(mean, floor)
     return Gate("credible_baseline", model, mean, f">= {floor:g}", passed,
-                f"AutoAttack accuracy, mean over {seeds} seed(s): {mean:.3f} (published "
+                f"{measure} accuracy, mean over {seeds} seed(s): {mean:.3f} (published "
                 "full-MNIST PGD-AT at eps 0.3: 0.884)", "" if passed else "weak baseline")
 
 
 def credible_trades(trades_aa: float | Sequence[float], pgd_aa: float | Sequence[float], *,
-                    ratio: float = TRADES_RATIO, model: str = "TRADES") -> Gate:
+                    ratio: float = TRADES_RATIO, measure: str = "AutoAttack",
+                    model: str = "TRADES") -> Gate:
     """TRADES's AutoAttack accuracy (mean over seeds) reaches ``ratio`` x PGD-AT's
     (:data:`TRADES_RATIO`: 0.8; published on MNIST, TRADES is above PGD-AT).
     value = TRADES / PGD-AT (None when PGD-AT's is 0)."""
@@ -260,7 +263,7 @@ def credible_trades(trades_aa: float | Sequence[float], pgd_aa: float | Sequence
     value = trades / pgd if pgd > 0 else None
     passed = at_least(trades, ratio * pgd)
     return Gate("credible_trades", model, value, f">= {ratio:g} x PGD-AT", passed,
-                f"AutoAttack accuracy, TRADES {trades:.3f} ({n_trades} seed(s)) vs PGD-AT "
+                f"{measure} accuracy, TRADES {trades:.3f} ({n_trades} seed(s)) vs PGD-AT "
                 f"{pgd:.3f} ({n_pgd} seed(s))", "" if passed else "weak TRADES")
 
 
@@ -328,12 +331,13 @@ def sample_spread(spread: float | Sequence[float], uniform: float | Sequence[flo
 
 def working_generator(fooled_by_samples: float, fooled_by_fgsm: float, am_pgd: float,
                       standard_pgd: float, *, min_margin: float = GENERATOR_MIN_MARGIN,
-                      model: str = "") -> Gate:
+                      attack: str = "PGD-20", model: str = "") -> Gate:
     """The AM generator works: the frozen Standard model's accuracy under the generator's
     samples (``fooled_by_samples``) is at most its accuracy under FGSM
-    (``fooled_by_fgsm``), and the AM model's PGD-20 accuracy (``am_pgd``) exceeds
-    Standard's (``standard_pgd``) by at least ``min_margin`` (5 points).
-    value = the PGD-20 margin am_pgd - standard_pgd."""
+    (``fooled_by_fgsm``), and the AM model's accuracy under ``attack`` (``am_pgd``; PGD-20,
+    or A_rob where a masking check voids PGD for the model) exceeds Standard's
+    (``standard_pgd``) by at least ``min_margin`` (5 points).
+    value = the margin am_pgd - standard_pgd."""
     check_nonnegative(min_margin, "min_margin", "0.05")
     margin = am_pgd - standard_pgd
     attacks = at_most(fooled_by_samples, fooled_by_fgsm)
@@ -341,9 +345,9 @@ def working_generator(fooled_by_samples: float, fooled_by_fgsm: float, am_pgd: f
     problems = [p for p, bad in (("the samples are weaker than FGSM", not attacks),
                                  ("no robustness over Standard", not teaches)) if bad]
     return Gate("working_generator", model, margin,
-                f"samples <= FGSM; PGD-20 margin >= {min_margin:g}", attacks and teaches,
+                f"samples <= FGSM; {attack} margin >= {min_margin:g}", attacks and teaches,
                 f"Standard's accuracy under the samples {fooled_by_samples:.3f} vs FGSM "
-                f"{fooled_by_fgsm:.3f}; PGD-20 accuracy {am_pgd:.3f} vs Standard "
+                f"{fooled_by_fgsm:.3f}; {attack} accuracy {am_pgd:.3f} vs Standard "
                 f"{standard_pgd:.3f} (margin {margin:+.3f})"
                 + (f": {' and '.join(problems)}" if problems else ""),
                 "; ".join(problems))

@@ -170,10 +170,10 @@ def _gate_rows(figures_dir: Path) -> list[tuple[str, str]]:
     """(gate, its current value) for every gate of the committed per-model gate table, then
     of the budget study's (its names marked "(study runs)"): how many models, seeds or pairs
     pass, and the failing ones with their values."""
+    tables = [(GATES_TABLE, "")] + ([(STUDY_GATES_TABLE, " (study runs)")]
+                                    if (figures_dir / STUDY_GATES_TABLE).is_file() else [])
     by_gate: dict[str, list[dict[str, str]]] = {}
-    for table, mark in ((GATES_TABLE, ""), (STUDY_GATES_TABLE, " (study runs)")):
-        if table == STUDY_GATES_TABLE and not (figures_dir / table).is_file():
-            continue
+    for table, mark in tables:
         for row in _read_csv(figures_dir / table):
             by_gate.setdefault(f"`{row['gate']}`{mark}", []).append(row)
     out = []

@@ -190,13 +190,14 @@ class Context:
 
     # ------------------------------------------------------------------ provenance
     def describe(self, n_examples: int | None = None, methods: Sequence[str] | None = None,
-                 markdown: bool = True) -> str:
-        """One line stating the profile, dataset, model, seeds and test examples (Markdown;
-        ``markdown=False`` for figure titles: no backticks)."""
+                 markdown: bool = True, seeds: Sequence[int] | None = None) -> str:
+        """One line stating the profile, dataset, model, seeds (the chapter's, or ``seeds``)
+        and test examples (Markdown; ``markdown=False`` for figure titles: no backticks)."""
         p = self.profile
         kwargs = ", ".join(f"{k}={v}" for k, v in p.model_kwargs.items())
         parts = [f"profile `{p.name}`", f"dataset `{p.dataset}` (eps = {self.epsilon:.4g})",
-                 f"model `{p.model}({kwargs})`", f"seeds {list(self.seeds)}"]
+                 f"model `{p.model}({kwargs})`",
+                 f"seeds {list(self.seeds if seeds is None else seeds)}"]
         if methods:
             parts.append("methods " + ", ".join(LABELS[m] for m in methods))
         if n_examples is not None:

@@ -120,10 +120,24 @@ def load_design(profile: Profile) -> dict[str, Any]:
     return read_json(path)
 
 
-def study_profiles(profile: Profile, seeds: Sequence[int]) -> list[Profile]:
-    """The profile at each of :data:`BUDGETS` (the first is ``profile`` itself), on ``seeds``."""
+def study_profiles(profile: Profile, seeds: Sequence[int],
+                   budgets: Sequence[int] = BUDGETS) -> list[Profile]:
+    """The profile at each of ``budgets`` (factor 1 is ``profile`` itself), on ``seeds``."""
     base = profile.replace(seeds=tuple(seeds))
-    return [base.with_budget(f) for f in BUDGETS]
+    return [base.with_budget(f) for f in budgets]
+
+
+def study_budgets(profile: Profile, runs_root: str | Path = "data/runs") -> tuple[int, ...]:
+    """The budget factors the study trains: :data:`BUDGETS`, or, once the fair trial's design
+    is recorded (:mod:`adt.study.trial`), its budgets and, when its stopping rule asks
+    (:func:`adt.study.trial.needs_extension`), the extension budget."""
+    from adt.study.trial import EXTENSION_BUDGET, load_trial_design, needs_extension
+
+    design = load_trial_design(profile)
+    if design is None:
+        return BUDGETS
+    budgets = tuple(design["budgets"])
+    return budgets + (EXTENSION_BUDGET,) if needs_extension(profile, runs_root) else budgets
 
 
 @dataclass(frozen=True)
@@ -151,11 +165,18 @@ def _cost(profile: Profile, method: str) -> float:
     return profile.recipe.epochs * maximizer.passes_per_image
 
 
-def study_jobs(profile: Profile, seeds: Sequence[int]) -> list[StudyJob]:
-    """Every training job of the study, a seed at a time (both budgets, longest first), so
-    that whole seeds finish early."""
-    jobs = [StudyJob("train", p, m, s) for s in seeds for p in study_profiles(profile, seeds)
-            for m in STUDY_METHODS]
+#: the Standard model trains at these budget factors too (the trial's secondary claims)
+STANDARD_BUDGETS = (4, 8)
+
+
+def study_jobs(profile: Profile, seeds: Sequence[int], budgets: Sequence[int] = BUDGETS
+               ) -> list[StudyJob]:
+    """Every training job of the study, a seed at a time (every budget, longest first), so
+    that whole seeds finish early; the Standard model at the budgets of
+    :data:`STANDARD_BUDGETS` the study trains."""
+    jobs = [StudyJob("train", p, m, s) for s in seeds
+            for f, p in zip(budgets, study_profiles(profile, seeds, budgets), strict=True)
+            for m in STUDY_METHODS + (("standard",) if f in STANDARD_BUDGETS else ())]
     return sorted(jobs, key=lambda j: (list(seeds).index(j.seed), -_cost(j.profile, j.method)))
 
 
@@ -216,6 +237,15 @@ def _finished_run(job: StudyJob, runs_root: str | Path) -> bool:
     return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
 
 
+def _evaluated_run(job: StudyJob, runs_root: str | Path) -> bool:
+    """The run is trained and its A_rob stored: nothing of it is left to do."""
+    from adt.evaluation.stored import A_ROB_FILE
+    from adt.training.runs import run_dir
+
+    return (_finished_run(job, runs_root)
+            and (run_dir(job.profile, job.method, job.seed, runs_root) / A_ROB_FILE).is_file())
+
+
 def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
               workers: int | None = None, commit: bool = False,
               archive_root: str | Path | None = None, train: bool = True) -> dict[str, Any]:
@@ -229,7 +259,8 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
 
     restore_archive(runs_root, archive_root or ARCHIVE_ROOT)  # what earlier sessions finished
     workers = (os.cpu_count() or 1) if workers is None else workers
-    pending = study_jobs(profile, seeds)
+    pending = [j for j in study_jobs(profile, seeds, study_budgets(profile, runs_root))
+               if not (train and _evaluated_run(j, runs_root))]
     if not train:
         pending = [dataclasses.replace(j, stage="evaluate") for j in pending
                    if _finished_run(j, runs_root)]

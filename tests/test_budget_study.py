@@ -100,7 +100,7 @@ def test_a_verdict_that_holds_at_both_budgets_is_decided():
     assert seeds == [0, 1, 2, 3, 4] and result.short.seeds == 5
     assert result.short.verdict == result.long.verdict == "contradicted"
     assert result.change.estimate == pytest.approx(0.036, abs=1e-9)
-    assert gated_verdict(result.short.verdict, result.gates) == "not reproduced at this scale"
+    assert gated_verdict(result.short.verdict, result.gates) == "not reproduced"
     assert result.per_seed[1][0] == pytest.approx(-0.10)
 
 

@@ -93,7 +93,7 @@ def test_claims_markdown_counts_verdicts_and_lists_every_claim():
                            provenance={"notebook": "notebooks/06_claims.ipynb"},
                            sections=["## Gates", "| gate |"])
     assert text.startswith("# Claims")
-    assert ("1 supported, 0 not reproduced at this scale, 1 inconclusive, 1 not testable here"
+    assert ("1 supported, 0 not reproduced, 1 inconclusive, 1 not testable here"
             in text)
     assert "**inconclusive: one seed**" in text and "ADT is k times slower" in text
     assert text.index("## Gates") < text.index("Produced by")

@@ -357,12 +357,12 @@ def test_the_precedence_of_gated_verdict():
     assert gated_verdict("supported", [anonymous]) == (
         f"{NOT_TESTABLE}: cost_measured = n/a (needs >= 2 repetitions)")
     with pytest.raises(ValueError):
-        gated_verdict("not reproduced at this scale", [])
+        gated_verdict("not reproduced", [])
 
 
 def test_every_gated_verdict_has_a_category():
     assert GATED_VERDICTS == (SUPPORTED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
-    assert SUPPORTED == "supported" and NOT_REPRODUCED == "not reproduced at this scale"
+    assert SUPPORTED == "supported" and NOT_REPRODUCED == "not reproduced"
     for verdict, category in ((SUPPORTED, SUPPORTED), (NOT_REPRODUCED, NOT_REPRODUCED),
                               (INCONCLUSIVE, INCONCLUSIVE), (BUDGET_SENSITIVE, INCONCLUSIVE),
                               ("inconclusive: one seed", INCONCLUSIVE),

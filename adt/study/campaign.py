@@ -327,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_runs_root(parser)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
+    if args.design and subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.source}^{{commit}}"],
+            cwd=REPO_ROOT, capture_output=True).returncode != 0:
+        parser.error(f"--source {args.source!r} is not a commit of this repository; give a "
+                     "commit, branch or tag (e.g. HEAD or 2baadd7)")
     if args.design:
         print(f"wrote {write_json(make_design(profile, args.source), design_path(profile))}")
         return 0

@@ -34,9 +34,9 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["Interval", "Comparison", "seed_interval", "seed_summary", "paired_comparison",
-           "verdict", "VERDICTS"]
+           "verdict", "margin_verdict", "VERDICTS"]
 
-VERDICTS = ("supported", "contradicted", "inconclusive")
+VERDICTS = ("supported", "contradicted", "equivalent", "inconclusive")
 _STATISTICS = ("difference", "ratio")
 
 
@@ -131,6 +131,21 @@ def verdict(interval: Interval, *, direction: int = 1, null: float = 0.0) -> str
     if interval.high < null:
         return "supported" if direction == -1 else "contradicted"
     return "inconclusive"
+
+
+def margin_verdict(interval: Interval, margin: float, *, direction: int = 1,
+                   null: float = 0.0) -> str:
+    """:func:`verdict` with a smallest effect of interest ``margin``: "supported" or
+    "contradicted" when the interval excludes ``null`` (either way, whatever its size),
+    else "equivalent" when it lies inside ``null +- margin`` (two one-sided tests at half
+    the interval's error level each; Schuirmann 1987), else "inconclusive"."""
+    if margin <= 0:
+        raise ValueError(f"margin={margin!r} must be positive, e.g. 0.05 for 5 points")
+    plain = verdict(interval, direction=direction, null=null)
+    if plain != "inconclusive":
+        return plain
+    inside = null - margin < interval.low and interval.high < null + margin
+    return "equivalent" if inside else "inconclusive"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ tests at the 2.5 % level each, read from the 95 % interval).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ from adt.config.provenance import REPO_ROOT
 
 __all__ = ["MARGIN_POINTS", "PLATEAU_POINTS", "TRIAL_BUDGETS", "EXTENSION_BUDGET",
            "CANDIDATE_BUDGETS", "IMP_WIDTHS", "IMP_SEEDS", "trial_design_path",
-           "make_trial_design", "load_trial_design"]
+           "make_trial_design", "load_trial_design", "plateau_gains", "needs_extension",
+           "OUTCOMES", "plateau_table", "choose_verdict_budget", "trained_out", "TrialPair",
+           "judge_trial_pair"]
 
 #: delta: the smallest A_rob effect of interest (points), for equivalence verdicts
 MARGIN_POINTS = 5.0
@@ -168,3 +172,109 @@ def needs_extension(profile: Profile, runs_root: str | Path) -> bool | None:
         return None
     gains = plateau_gains(grids, STUDY_METHODS, seeds, 4)
     return not all(g["plateaued"] for g in gains.values())
+
+
+# --- the analysis at the verdict budget ---------------------------------------------------------
+
+#: how the fair trial spells the statistical outcomes of a headline claim
+OUTCOMES = {"contradicted": "not reproduced: the baseline is more robust",
+            "equivalent": f"not reproduced: no difference as large as {MARGIN_POINTS:g} points"}
+
+
+def plateau_table(grids: dict[tuple[int, str], dict[int, Any]], methods: Any, seeds: Any,
+                  budgets: Any) -> dict[int, dict[str, Any]]:
+    """:func:`plateau_gains` at every budget of ``budgets`` after the first (factor ->
+    method -> gains, interval, plateaued)."""
+    budgets = sorted(budgets)
+    return {b: plateau_gains(grids, methods, seeds, b) for b in budgets[1:]}
+
+
+def choose_verdict_budget(plateaus: dict[int, dict[str, Any]]) -> tuple[int, bool]:
+    """The stopping rule: (the smallest budget of ``plateaus`` at which every method has
+    plateaued, True), or (the largest budget trained, False) when none has."""
+    for budget in sorted(plateaus):
+        if budget in CANDIDATE_BUDGETS and all(g["plateaued"] for g in plateaus[budget].values()):
+            return budget, True
+    return max(plateaus), False
+
+
+def trained_out(comparison: Any, gain_a: Any, gain_b: Any, *, margin: float = MARGIN_POINTS,
+                direction: int = 1, model: str = "") -> Any:
+    """The ``trained_out`` gate of a pair at the verdict budget (the design's rule): for each
+    method that has not plateaued (``gain_a``/``gain_b``: its :func:`plateau_gains` record),
+    shift the effect's interval by that method's gain upper bound in its favour (one more
+    doubling: A's gain raises the effect A - B, B's lowers it) and take the verdict again; the
+    gate fails when any shift changes the verdict, whichever way it pointed. value = the
+    largest shift (points)."""
+    from adt.study.stats import Interval, margin_verdict
+    from adt.study.verdicts import Gate
+
+    e, m = comparison.effect, margin / 100
+    shifts = []
+    if not gain_a["plateaued"]:
+        shifts.append(max(gain_a["interval"].high, 0.0) / 100)
+    if not gain_b["plateaued"]:
+        shifts.append(-max(gain_b["interval"].high, 0.0) / 100)
+    changed = []
+    for shift in shifts:
+        moved = Interval(e.estimate + shift, e.low + shift, e.high + shift)
+        again = margin_verdict(moved, m, direction=direction)
+        if again != comparison.verdict:
+            changed.append(f"{100 * shift:+.1f} points: {again}")
+    largest = max((abs(s) for s in shifts), default=0.0)
+    detail = ("both methods plateaued" if not shifts else
+              f"one more doubling shifts the interval by up to {100 * largest:.1f} points: "
+              + ("; ".join(changed) if changed else f"the verdict stays {comparison.verdict}"))
+    return Gate("trained_out", model, 100 * largest, "a verdict one more doubling cannot change",
+                not changed, detail, "" if not changed else "not trained out")
+
+
+@dataclass(frozen=True)
+class TrialPair:
+    """One headline pair in the trial: its paired comparison at every budget (margin
+    verdicts), the per-seed effects, the paired change of the effect per doubling, the
+    verdict budget and the gates read there."""
+
+    comparisons: dict[int, Any]
+    per_seed: dict[int, dict[int, float]]  # budget -> seed -> effect (fraction)
+    changes: dict[int, Any]  # budget -> interval of the change from budget // 2
+    verdict_budget: int
+    gates: tuple[Any, ...]
+
+    @property
+    def at_verdict(self) -> Any:
+        return self.comparisons[self.verdict_budget]
+
+
+def judge_trial_pair(grids: dict[tuple[int, str], dict[int, Any]], a: str, b: str,
+                     seeds: Any, budgets: Any, verdict_budget: int,
+                     plateaus: dict[int, dict[str, Any]], *, model: str = "") -> TrialPair:
+    """A - B in A_rob on ``seeds`` at every budget of ``budgets``, the margin verdict of each
+    (:func:`adt.study.stats.margin_verdict` with :data:`MARGIN_POINTS`), and at
+    ``verdict_budget`` the ``trained_out`` and ``enough_evidence`` gates."""
+    import numpy as np
+
+    from adt.study.evidence import enough_evidence
+    from adt.study.stats import margin_verdict, paired_comparison, seed_interval
+
+    if not seeds:
+        raise ValueError(f"no seed has {a} and {b} at every budget {list(budgets)}; run the "
+                         "study first: python -m adt.budget_study")
+    comparisons, per_seed, changes = {}, {}, {}
+    for factor in sorted(budgets):
+        grid_a = np.stack([grids[factor, a][s] for s in seeds])
+        grid_b = np.stack([grids[factor, b][s] for s in seeds])
+        c = paired_comparison(grid_a, grid_b, direction=1)
+        comparisons[factor] = dataclasses.replace(
+            c, verdict=margin_verdict(c.effect, MARGIN_POINTS / 100, direction=1))
+        per_seed[factor] = {s: float(grid_a[i].mean() - grid_b[i].mean())
+                            for i, s in enumerate(seeds)}
+        if factor // 2 in per_seed and len(seeds) > 1:
+            changes[factor] = seed_interval([per_seed[factor][s] - per_seed[factor // 2][s]
+                                             for s in seeds])
+    at = comparisons[verdict_budget]
+    gains = plateaus.get(verdict_budget, {})
+    gates = [enough_evidence(at, model=model)]
+    if a in gains and b in gains:
+        gates.insert(0, trained_out(at, gains[a], gains[b], model=model))
+    return TrialPair(comparisons, per_seed, changes, verdict_budget, tuple(gates))

@@ -37,10 +37,12 @@ from adt.core._checks import check_int_at_least
 from adt.core.data import ImageDataset, load_dataset
 from adt.core.io import read_json, write_json
 from adt.evaluation.protocol import autoattack_specs
+from adt.method.methods import METHODS
 from adt.study.gates import flat_last_epochs
 from adt.training.runs import DEFAULT_RUNS_ROOT
 
-__all__ = ["GRID", "TUNED_ON", "validation_split", "recipe_for", "choose", "tune", "main"]
+__all__ = ["GRID", "TUNED_ON", "validation_split", "recipe_for", "choose",
+           "default_validation_examples", "tune", "output_path", "main"]
 
 #: The grid of the quick profile's sweep: learning rates x epochs.
 #: Five epochs are left out: with the decay over the last fifth, one epoch runs at the final
@@ -89,7 +91,13 @@ def choose(scores: dict[tuple[float, int], float], tolerance: float = 0.01,
     return min(near, key=lambda key: (key[1], key[0]))
 
 
-def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
+def default_validation_examples(profile: Profile) -> int:
+    """1000 held-out images, or a quarter of the profile's training images if it has fewer
+    than 4000 (the smoke profile's 256)."""
+    return 1000 if profile.train_examples is None else min(1000, profile.train_examples // 4)
+
+
+def tune(profile: str | Profile = "quick", *, validation_examples: int | None = None,
          grid: dict[str, Sequence[Any]] | None = None, methods: Sequence[str] = TUNED_ON,
          seed: int = 0, runs_root: str | Path = DEFAULT_RUNS_ROOT, device: str = "cpu",
          progress: bool = False) -> dict[str, Any]:
@@ -99,6 +107,8 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
     from adt.training.loop import train
 
     base = get_profile(profile)
+    if validation_examples is None:
+        validation_examples = default_validation_examples(base)
     grid = dict(grid or GRID)
     data = load_dataset(base.dataset, device=device)
     n_train = (base.train_examples or len(data.x_train))
@@ -161,6 +171,14 @@ def tune(profile: str | Profile = "quick", *, validation_examples: int = 1000,
                                          "recipe": recipe_for(epochs, lr)}}
 
 
+def output_path(profile: str, methods: Sequence[str]) -> str:
+    """benchmarks/tune-<profile>.json for the baselines' rule, and
+    benchmarks/tune-<profile>-<methods>.json when the rule is applied to other methods (the
+    fair trial applies it to ADT_EXP on its own validation score)."""
+    suffix = "" if tuple(methods) == TUNED_ON else "-" + "-".join(methods)
+    return f"benchmarks/tune-{profile}{suffix}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m adt.tune``: bad input ends in a usage error (exit code 2) before any work."""
     from adt.config.profiles import PROFILES
@@ -170,8 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser("tune", __doc__)
     parser.add_argument("--profile", default="quick", choices=list(PROFILES),
                         help="the profile whose recipe is chosen")
-    parser.add_argument("--validation-examples", type=int_at_least(1), default=1000,
-                        metavar="N", help="training images held out as the validation split")
+    parser.add_argument("--validation-examples", type=int_at_least(1), default=None,
+                        metavar="N", help="training images held out as the validation split "
+                                          "(default: 1000, or a quarter of a smaller "
+                                          "profile's training images)")
+    parser.add_argument("--methods", nargs="+", default=list(TUNED_ON),
+                        choices=[m for m in METHODS if m != "standard"],
+                        help="the methods whose mean validation score the rule maximises "
+                             "(the baselines chose the profiles' recipe; the fair trial "
+                             "applies the same rule to adt_exp alone)")
     add_runs_root(parser, str(DEFAULT_RUNS_ROOT))
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="auto, cpu, cuda or cuda:N")
@@ -182,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)
     except ValueError as err:
         parser.error(str(err))
+    profile = get_profile(args.profile)
+    n_train = profile.train_examples
+    if args.validation_examples is not None and n_train and args.validation_examples >= n_train:
+        parser.error(f"--validation-examples {args.validation_examples} leaves no training "
+                     f"image of profile {args.profile!r}'s {n_train}; hold out fewer, e.g. "
+                     f"{default_validation_examples(profile)}")
     result = tune(args.profile, validation_examples=args.validation_examples,
-                  runs_root=Path(args.runs_root) / "tune", device=args.device, progress=True)
-    output = write_json(result, args.output or f"benchmarks/tune-{args.profile}.json")
+                  methods=tuple(args.methods), runs_root=Path(args.runs_root) / "tune",
+                  device=args.device, progress=True)
+    output = write_json(result, args.output or output_path(args.profile, args.methods))
     print(f"chosen: lr {result['chosen']['lr']:g}, {result['chosen']['epochs']} epochs; "
           f"wrote {output}")
     return 0

@@ -7,7 +7,7 @@ themselves, and their thresholds, are :mod:`adt.study.gates`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from adt.study.stats import VERDICTS
@@ -19,7 +19,7 @@ __all__ = ["Gate", "SUPPORTED", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_TESTABLE"
 # --- the reported verdicts ---------------------------------------------------------------
 
 SUPPORTED = "supported"
-NOT_REPRODUCED = "not reproduced at this scale"
+NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
 #: The prefix of every "not testable here: ..." verdict.
 NOT_TESTABLE = "not testable here"
@@ -34,7 +34,7 @@ GATE_KINDS = {"flat_last_epochs": "validity", "credible_baseline": "validity",
               "working_generator": "validity",
               "sample_spread": "validity", "a_rob_error": "validity",
               "release_inner_settings": "validity",
-              "stable_under_budget": "budget",
+              "stable_under_budget": "budget", "trained_out": "budget",
               "enough_evidence": "evidence", "distinct_models": "independence"}
 
 
@@ -70,13 +70,18 @@ def format_value(value: float | None) -> str:
 
 # --- verdicts -----------------------------------------------------------------------------------
 
-def gated_verdict(verdict: str, gates: Sequence[Gate]) -> str:
+def gated_verdict(verdict: str, gates: Sequence[Gate],
+                  outcomes: Mapping[str, str] | None = None) -> str:
     """The reported verdict of a claim from its statistical ``verdict`` (one of
     :data:`adt.study.stats.VERDICTS`) and its gates, in this order of precedence: a failed
     validity gate (the first) -> "not testable here: <gate> (<model>) = <value> (needs
-    <threshold>)"; a failed budget gate -> "inconclusive: budget-sensitive"; a failed
+    <threshold>)"; a failed budget gate -> "inconclusive: <why>" ("budget-sensitive", "not
+    trained out"); a failed
     evidence gate (the first) -> "inconclusive: <why>"; else the verdict, "contradicted"
-    reported as "not reproduced at this scale". Independence gates change nothing."""
+    reported as "not reproduced" and "equivalent" (:func:`adt.study.stats.margin_verdict`) as
+    "not reproduced: no difference as large as the margin", or as ``outcomes`` spells them
+    (the fair trial: "not reproduced: the baseline is more robust"). Independence gates
+    change nothing."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict={verdict!r}; allowed: {', '.join(VERDICTS)}")
     failed = [g for g in gates if not g.passed]
@@ -85,12 +90,16 @@ def gated_verdict(verdict: str, gates: Sequence[Gate]) -> str:
             model = f" ({g.model})" if g.model else ""
             return (f"{NOT_TESTABLE}: {g.gate}{model} = {format_value(g.value)} "
                     f"(needs {g.threshold})")
-    if any(g.kind == "budget" for g in failed):
-        return BUDGET_SENSITIVE
+    for g in failed:
+        if g.kind == "budget":
+            return f"{INCONCLUSIVE}: {g.reason}" if g.reason else BUDGET_SENSITIVE
     for g in failed:
         if g.kind == "evidence":
             return f"{INCONCLUSIVE}: {g.reason or g.detail}"
-    return NOT_REPRODUCED if verdict == "contradicted" else verdict
+    spelled = {"contradicted": NOT_REPRODUCED,
+               "equivalent": f"{NOT_REPRODUCED}: no difference as large as the margin",
+               **(outcomes or {})}
+    return spelled.get(verdict, verdict)
 
 
 def verdict_category(verdict: str) -> str:

@@ -248,19 +248,21 @@ def _evaluated_run(job: StudyJob, runs_root: str | Path) -> bool:
 
 def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
               workers: int | None = None, commit: bool = False,
-              archive_root: str | Path | None = None, train: bool = True) -> dict[str, Any]:
+              archive_root: str | Path | None = None, train: bool = True,
+              jobs: Sequence[StudyJob] | None = None) -> dict[str, Any]:
     """Train, A_rob-evaluate and archive (into ``archive_root``, default
-    :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study in ``workers``
-    one-thread processes; a trained run's evaluation goes before the next training job.
-    ``train=False``: only the runs already finished are evaluated (reused when stored),
-    measured (``spread.json``) and archived; nothing is trained."""
+    :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study (or ``jobs``) in
+    ``workers`` one-thread processes; a trained run's evaluation goes before the next
+    training job. ``train=False``: only the runs already finished are evaluated (reused
+    when stored), measured (``spread.json``) and archived; nothing is trained."""
     from adt.training.archive import ARCHIVE_ROOT, archive_run, restore_archive
     from adt.training.runs import run_dir
 
     restore_archive(runs_root, archive_root or ARCHIVE_ROOT)  # what earlier sessions finished
     workers = (os.cpu_count() or 1) if workers is None else workers
-    pending = [j for j in study_jobs(profile, seeds, study_budgets(profile, runs_root))
-               if not (train and _evaluated_run(j, runs_root))]
+    if jobs is None:
+        jobs = study_jobs(profile, seeds, study_budgets(profile, runs_root))
+    pending = [j for j in jobs if not (train and _evaluated_run(j, runs_root))]
     if not train:
         pending = [dataclasses.replace(j, stage="evaluate") for j in pending
                    if _finished_run(j, runs_root)]
@@ -324,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "only")
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each archived run as it finishes")
+    parser.add_argument("--departures", action="store_true",
+                        help="instead of the study: the fair trial's departure test, ADT_IMP-AM "
+                             "at generator widths 32 and 64 and with the release's raw input "
+                             "(adt.study.trial.departure_profiles)")
     add_runs_root(parser)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -340,7 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"python -m adt.budget_study: error: {err}", file=sys.stderr)
         return 2
+    jobs = None
+    if args.departures:
+        from adt.study.trial import IMP_SEEDS, departure_profiles
+
+        jobs = [StudyJob("train", p, "adt_imp_am", s) for s in IMP_SEEDS
+                for p in departure_profiles(profile).values()]
     result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
-                       args.commit, train=not args.no_train)
+                       args.commit, train=not args.no_train, jobs=jobs)
     print(result)
     return 1 if result["failed"] else 0

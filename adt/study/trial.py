@@ -40,7 +40,7 @@ from adt.config.provenance import REPO_ROOT
 
 __all__ = ["MARGIN_POINTS", "PLATEAU_POINTS", "TRIAL_BUDGETS", "EXTENSION_BUDGET",
            "CANDIDATE_BUDGETS", "IMP_WIDTHS", "IMP_SEEDS", "trial_design_path",
-           "make_trial_design", "load_trial_design", "plateau_gains", "needs_extension",
+           "make_trial_design", "load_trial_design", "departure_profiles", "plateau_gains", "needs_extension",
            "OUTCOMES", "plateau_table", "choose_verdict_budget", "trained_out", "TrialPair",
            "judge_trial_pair"]
 
@@ -61,6 +61,17 @@ IMP_SEEDS = (0, 1, 2)
 
 def trial_design_path(profile: Profile) -> Path:
     return REPO_ROOT / "benchmarks" / f"trial-design-{profile.name}.json"
+
+
+def departure_profiles(profile: Profile) -> dict[str, Profile]:
+    """The ADT_IMP-AM variants of the departure test (the design's ``imp_am_widths``), at the
+    recipe's budget: generator widths :data:`IMP_WIDTHS` (the profile's conditioning), and the
+    release's raw input at the profile's width. Keyed by a short label."""
+    out = {f"ngf {w}": profile.replace(methods={"am_ngf": w}) for w in IMP_WIDTHS}
+    if profile.methods.am_conditioning != "raw":
+        out[f"ngf {profile.methods.am_ngf}, raw input"] = profile.replace(
+            methods={"am_conditioning": "raw"})
+    return out
 
 
 def make_trial_design(profile: Profile) -> dict[str, Any]:

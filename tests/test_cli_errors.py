@@ -9,6 +9,7 @@ empty and never show a traceback. One subprocess checks the same through ``pytho
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from adt.artifact import bench, pipeline, prepare
 from adt.evaluation import cli as evaluate
@@ -57,7 +59,33 @@ BAD = [
     ("budget_study", ["--workers", "-1"], "-1 must be >= 0"),
     ("budget_study", ["--profile", "nope"], "invalid choice: 'nope'"),
     ("budget_study", ["--profile", "smoke"], "no study design for profile 'smoke'"),
+    ("budget_study", ["--design", "--source", "notacommit"], "notacommit"),
+    # a value that is well formed but cannot work: refused before any work too
+    ("sweep", ["--slurm-time", "bogus", "--dry-run"], "'bogus' is not a Slurm time limit"),
+    ("prepare", ["--runs-root", "/proc/nope", "--workers", "0"],
+     "--runs-root /proc/nope cannot be created"),
+    ("evaluate", ["--output", "/proc/x.json", "--checkpoint", "{tmp}/model.pt"], "/proc/x.json"),
+    ("pipeline", ["--output-dir", "/proc/nope"], "/proc/nope"),
+    ("pipeline", ["--notebooks-dir", "/nonexistent"], "/nonexistent"),
+    ("tune", ["--profile", "smoke"], "smoke"),
 ]
+
+
+class _WorkStarted(BaseException):
+    """Raised by a trip wire: a command began its work (no ``except Exception`` stops it)."""
+
+
+def _trip(*args: object, **kwargs: object) -> None:
+    raise _WorkStarted("the command started its work before refusing its input")
+
+
+#: Where the commands' work starts: training, the batch's stages and notebooks, restoring
+#: the archive, the study, the sweep. A check that is missing fails the test here instead of
+#: training on this machine.
+TRIP_WIRES = [("adt.training.loop", "_train_locked"), ("adt.artifact.pipeline", "_prepare"),
+              ("adt.artifact.pipeline", "_execute"), ("adt.artifact.prepare", "_run_stages"),
+              ("adt.training.archive", "restore_archive"), ("adt.study.campaign", "run_study"),
+              ("adt.study.campaign", "make_design"), ("adt.training.sweep", "sweep")]
 
 
 def _exit_code(command: Callable[[list[str]], int], argv: list[str]) -> int:
@@ -76,8 +104,12 @@ def test_bad_input_is_a_usage_error_before_any_work(name: str, argv: list[str], 
     work.mkdir()
     monkeypatch.chdir(work)
     (tmp_path / "README.md").write_text("# not a checkpoint\n")
+    torch.save({}, tmp_path / "model.pt")  # a checkpoint file, whatever it holds
+    for module, function in TRIP_WIRES:
+        monkeypatch.setattr(importlib.import_module(module), function, _trip)
     argv = [a.format(tmp=tmp_path) for a in argv]
-    if name in ("sweep", "tune", "prepare", "train", "budget_study"):
+    if name in ("sweep", "tune", "prepare", "train", "budget_study") and \
+            "--runs-root" not in argv:
         argv += ["--runs-root", str(work / "runs")]
     code = _exit_code(COMMANDS[name], argv)
     out, err = capsys.readouterr()

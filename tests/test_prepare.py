@@ -102,6 +102,26 @@ def test_a_failing_job_is_reported_and_left_to_the_notebook(tmp_path: Path,
     assert "train Standard seed 0 failed" in out and "evaluate Standard seed 0 failed" in out
 
 
+def test_the_command_line_exits_1_when_a_job_failed(tmp_path: Path, monkeypatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import adt.artifact.prepare as prep
+
+    def train(job: prep.TrainJob, runs_root: str, force: bool) -> str:
+        if job.method == "pgd_at":
+            raise RuntimeError("no data")
+        return f"trained {job.method}"
+
+    monkeypatch.setattr(prep, "_train", train)
+    monkeypatch.setattr(prep, "_evaluate", lambda job, root, force: f"evaluated {job.method}")
+    argv = ["--profile", "smoke", "--workers", "0", "--runs-root", str(tmp_path), "--no-progress"]
+    assert prep.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "train AT (PGD) seed 0 failed: RuntimeError: no data" in out
+    assert err.count("\n") == 1 and "job(s) failed" in err and "RuntimeError: no data" in err
+    monkeypatch.setattr(prep, "_train", lambda job, root, force: f"trained {job.method}")
+    assert prep.main(argv) == 0
+
+
 def test_the_cpu_stage_is_the_command_lines_default_only() -> None:
     """`make reproduce` (the command line) prepares the runs in workers by default; a
     call of run_pipeline (tests, scripts) does not start training unless asked."""

@@ -122,3 +122,17 @@ def test_the_cifar_profile_sweeps_three_seeds_of_every_method(tmp_path):
     assert code == 0 and len(commands) == 3 * len(METHODS)
     assert {c.split("--seed ")[1].split()[0] for c in commands} == {"0", "1", "2"}
     assert "0/30" in out
+
+
+@pytest.mark.parametrize("limit", ["90", "90:30", "24:00:00", "2-12", "2-12:30", "2-12:30:00"])
+def test_every_slurm_time_format_is_accepted(limit, tmp_path):
+    code, _ = _main("--profile", "paper", "--methods", "standard", "--seeds", "0",
+                    "--runs-root", str(tmp_path), "--slurm", str(tmp_path / "s.sbatch"),
+                    "--slurm-time", limit)
+    assert code == 0 and f"#SBATCH --time={limit}\n" in (tmp_path / "s.sbatch").read_text()
+
+
+@pytest.mark.parametrize("limit", ["bogus", "24h", "1:2:3:4", "2-", "-5", "1-2-3", ""])
+def test_a_bad_slurm_time_is_refused(limit):
+    with pytest.raises(ValueError, match="is not a Slurm time limit; give one of minutes"):
+        sw.slurm_script("paper", [sw.Job("standard", 0)], "runs", 1, time_limit=limit)

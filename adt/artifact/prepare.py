@@ -18,7 +18,8 @@ The jobs are those the chapters ask for, in the same form, so the stored results
   budget runs.
 
 Longest jobs start first. A job that fails is reported and left to the notebook, which
-then runs it itself.
+then runs it itself; the command line then ends with exit code 1 (its runs root is checked
+for writing before any job, exit code 2).
 
 ``--conditioning`` runs ledger row b's experiment instead (:func:`prepare_conditioning`):
 the amortised methods with the other generator input on every seed, kept as the record
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,6 +46,7 @@ from adt.method.methods import LABELS, METHODS
 
 __all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
            "evaluation_jobs", "conditioning_jobs", "prepare", "prepare_conditioning",
+           "JobsFailedError",
            "worker_throughput", "main"]
 
 #: The methods and the factor of chapter 6's budget check (the "stable under budget" gate).
@@ -173,12 +176,14 @@ def _evaluate(job: EvalJob, runs_root: str, force: bool) -> str:
 def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
             force_retrain: bool = False, methods: Sequence[str] = METHODS,
             progress: bool = True, prior: dict[str, float] | None = None,
-            rates: dict[str, float] | None = None) -> dict[str, float]:
+            rates: dict[str, float] | None = None,
+            failed: list[str] | None = None) -> dict[str, float]:
     """Train, then evaluate, every job of ``profile`` (of ``methods``) in ``workers``
     one-thread processes (None: the CPU count; 0: in this process); returns the seconds of
     each stage. Prints a line per job and the progress (:func:`_run_stages`: ``progress``,
-    ``prior``, ``rates``). The archived runs (``data/archive/``) that ``runs_root`` lacks are
-    restored first, unless ``force_retrain``: a fresh clone trains none of them."""
+    ``prior``, ``rates``; the line of each failed job is appended to ``failed`` when
+    given). The archived runs (``data/archive/``) that ``runs_root`` lacks are restored
+    first, unless ``force_retrain``: a fresh clone trains none of them."""
     if not force_retrain and not profile.temporary_output:
         from adt.training.archive import restore_archive
 
@@ -188,21 +193,30 @@ def prepare(profile: Profile, runs_root: str | Path, workers: int | None = None,
                   flush=True)
     return _run_stages((("train", training_jobs(profile, methods), _train),
                         ("evaluate", evaluation_jobs(profile, methods), _evaluate)),
-                       runs_root, workers, force_retrain, progress, prior, rates)
+                       runs_root, workers, force_retrain, progress, prior, rates, failed)
+
+
+class JobsFailedError(RuntimeError):
+    """Jobs of :func:`prepare_conditioning` failed, so it wrote no record."""
 
 
 def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int | None = None,
                          force_retrain: bool = False, path: Path | None = None,
                          progress: bool = True) -> Path:
     """Run :func:`conditioning_jobs` in ``workers`` one-thread processes and write the record
-    to ``path`` (default :func:`adt.artifact.conditioning.record_path`); returns the path."""
+    to ``path`` (default :func:`adt.artifact.conditioning.record_path`); returns the path.
+    A failed job raises :class:`JobsFailedError` (no record: it needs every run)."""
     from adt.artifact.conditioning import make_record, record_path
     from adt.core.io import write_json
     from adt.evaluation.stored import evaluate_run
 
     train_jobs, eval_jobs = conditioning_jobs(profile)
+    failed: list[str] = []
     _run_stages((("train", train_jobs, _train), ("evaluate", eval_jobs, _evaluate)), runs_root,
-                workers, force_retrain, progress)
+                workers, force_retrain, progress, failed=failed)
+    if failed:
+        raise JobsFailedError(f"{len(failed)} job(s) failed, so no record was written; the "
+                              f"first: {failed[0]}")
     variant, data = conditioning_variant(profile), _data(profile)
     own = [_finished(profile, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
     others = [_finished(variant, m, s, str(runs_root)) for m in AM_METHODS for s in profile.seeds]
@@ -215,10 +229,12 @@ def prepare_conditioning(profile: Profile, runs_root: str | Path, workers: int |
 def _run_stages(stages: Sequence[tuple[str, list[Any], Any]], runs_root: str | Path,
                 workers: int | None, force_retrain: bool, progress: bool = True,
                 prior: dict[str, float] | None = None,
-                rates: dict[str, float] | None = None) -> dict[str, float]:
+                rates: dict[str, float] | None = None,
+                failed: list[str] | None = None) -> dict[str, float]:
     """Run each stage's jobs (``fn(job, runs_root, force_retrain)`` returning a line) in
     ``workers`` one-thread processes (None: one per core; 0: none, one after another in this
-    process); returns the seconds of each stage.
+    process); returns the seconds of each stage. A job that raises is reported in its line
+    and the others go on; that line is appended to ``failed`` when given.
 
     A line per finished job says which it was, k of N and the ETA; while jobs run, a status
     line (jobs done of total, elapsed, ETA) is live on a terminal and printed every minute
@@ -248,6 +264,8 @@ def _run_stages(stages: Sequence[tuple[str, list[Any], Any]], runs_root: str | P
                 if err is not None:  # the notebook runs it again and shows the error
                     text = (f"{stage} {LABELS[job.method]} seed {job.seed} failed: "
                             f"{type(err).__name__}: {err}")
+                    if failed is not None:
+                        failed.append(text)
                 reporter.event(f"{tracker.done}/{tracker.total} {text}; ETA "
                                f"{duration(tracker.eta())}")
                 reporter.status(line(), force=True)
@@ -343,23 +361,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m adt.prepare``: bad input ends in a usage error (exit code 2) before any
-    work."""
+    """``python -m adt.prepare``: bad input (a runs root that cannot be written included)
+    ends in a usage error (exit code 2) before any work; exit code 1 when a job failed."""
     from adt.config.profiles import get_profile
-    from adt.core.io import write_json
+    from adt.core.commands import USER_ERRORS, check_writable_folder
 
     parser = _parser()
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
+    if args.measure and args.workers == 0:
+        parser.error("--measure compares worker processes: give --workers 1 or more (or "
+                     "leave it out: one per core)")
+    if not args.measure:
+        try:
+            check_writable_folder(args.runs_root, "--runs-root")
+        except ValueError as err:
+            parser.error(str(err))
+    try:
+        return _run(args, get_profile(args.profile))
+    except USER_ERRORS as err:
+        print(f"python -m adt.prepare: error: {err}", file=sys.stderr)
+        return 2
+    except JobsFailedError as err:
+        print(f"python -m adt.prepare: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, profile: Profile) -> int:
+    """The work of :func:`main`, its input checked: the exit code."""
+    from adt.core.io import write_json
+
     if args.conditioning:
         path = prepare_conditioning(profile, args.runs_root, args.workers,
                                     progress=args.progress)
         print(f"wrote {path}")
         return 0
     if args.measure:
-        if args.workers == 0:
-            parser.error("--measure compares worker processes: give --workers 1 or more (or "
-                         "leave it out: one per core)")
         result = worker_throughput(profile, workers=args.workers)
         print(f"{result['method']}: one process on {result['workers']} threads "
               + ", ".join(f"{v:.0f}" for v in result["one_process_images_per_s"])
@@ -369,11 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = write_json(result, Path("benchmarks") / f"workers-{profile.name}.json")
         print(f"wrote {out}")
         return 0
-    print(prepare(profile, args.runs_root, args.workers, progress=args.progress))
+    failed: list[str] = []
+    print(prepare(profile, args.runs_root, args.workers, progress=args.progress, failed=failed))
+    if failed:
+        print(f"python -m adt.prepare: {len(failed)} job(s) failed (their lines above say "
+              f"why); the first: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -6,7 +6,8 @@
   value is a usage error (exit code 2) naming the value, what is allowed and what to give,
   before any work or output;
 - the options with one meaning everywhere: ``--workers`` (:func:`add_workers`),
-  ``--runs-root`` (:func:`add_runs_root`), ``--no-progress`` (:func:`add_progress`);
+  ``--runs-root`` (:func:`add_runs_root`; :func:`check_writable_folder` before writing in
+  it), ``--no-progress`` (:func:`add_progress`);
 - :data:`USER_ERRORS`: the errors that mean a user's mistake found later (a bad override, a
   missing file): each command reports them in one line on stderr with exit code 2, never
   a traceback.
@@ -17,11 +18,15 @@ No torch here: the papermill launcher uses it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["command_parser", "plain", "int_at_least", "positive_float", "device_name",
-           "add_workers", "add_runs_root", "add_progress", "USER_ERRORS"]
+           "add_workers", "add_runs_root", "add_progress", "check_writable_folder",
+           "USER_ERRORS"]
 
 #: Errors that mean the input was wrong (a value, a path, a busy run), not the code.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, PermissionError)
@@ -111,6 +116,28 @@ def add_runs_root(parser: argparse.ArgumentParser, default: str = "data/runs") -
     parser.add_argument("--runs-root", default=default, metavar="DIR",
                         help="the folder holding the run folders (<profile>/<dataset>/"
                              "<method>-seed<k>)")
+
+
+def check_writable_folder(path: str | Path, option: str) -> Path:
+    """``path`` if it is a folder this process can write in, or can create (its nearest
+    existing parent is a folder it can write in); else ValueError naming ``option`` and the
+    path. Probed by making and removing an empty folder there (access bits say nothing for
+    root, nor on /proc or a read-only mount); nothing is left behind."""
+    folder = Path(path).expanduser()
+    existing = folder.absolute()
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    verb = "written" if existing == folder.absolute() else "created"
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path} cannot be {verb}: {existing} exists and is not a "
+                         f"folder; give a folder you can write in (e.g. {option} data/runs)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".adt-write-test.", dir=existing))
+    except OSError as err:
+        raise ValueError(f"{option} {path} cannot be {verb}: making a folder in {existing} "
+                         f"failed ({type(err).__name__}: {err.strerror}); give a folder you "
+                         f"can write in (e.g. {option} data/runs)") from None
+    return folder
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from adt.training.loop import parse_overrides
 from adt.training.runs import DEFAULT_RUNS_ROOT, METRICS, is_locked, profile_folder, run_dir
 
 __all__ = ["Job", "RunStatus", "run_status", "status_table", "train_command", "gpu_groups",
-           "slurm_script", "sweep", "main"]
+           "SLURM_TIME_FORMATS", "check_slurm_time", "slurm_script", "sweep", "main"]
 
 _PY = "__python__"  # stands for this interpreter in commands; shown as `python`
 
@@ -133,12 +134,37 @@ def _real(argv: Sequence[str]) -> list[str]:
     return [sys.executable if a == _PY else a for a in argv]
 
 
+#: The time limits ``sbatch --time`` accepts.
+SLURM_TIME_FORMATS = ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+                      "days-hours:minutes", "days-hours:minutes:seconds")
+_SLURM_TIME = re.compile(r"[0-9]+(?::[0-9]+){0,2}|[0-9]+-[0-9]+(?::[0-9]+){0,2}")
+
+
+def check_slurm_time(text: str) -> str:
+    """``text`` if it is a time limit of ``sbatch --time`` (:data:`SLURM_TIME_FORMATS`),
+    else ValueError saying what to give."""
+    if not isinstance(text, str) or not _SLURM_TIME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Slurm time limit; give one of "
+                         f"{', '.join(SLURM_TIME_FORMATS)} (e.g. 24:00:00 or 2-00:00:00)")
+    return text
+
+
+def _slurm_time(text: str) -> str:
+    """An argparse type: :func:`check_slurm_time`."""
+    try:
+        return check_slurm_time(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def slurm_script(profile_name: str, jobs: Sequence[Job], runs_root: str | Path, nproc: int,
                  extra: Sequence[str] = (), workdir: Path | None = None,
                  time_limit: str = "24:00:00") -> str:
     """An sbatch array job: task ``i`` trains ``jobs[i]`` on ``nproc`` GPUs of one node
     (resuming its checkpoint when there is one; ``--requeue`` makes a preempted task
-    continue where it stopped)."""
+    continue where it stopped). ``time_limit``: the tasks' ``--time``
+    (:func:`check_slurm_time`)."""
+    check_slurm_time(time_limit)
     if not jobs:
         raise ValueError("every run of the sweep is finished: no array job to write")
     workdir = Path(workdir or Path.cwd()).resolve()
@@ -246,7 +272,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--slurm", metavar="FILE", default=None,
                         help="write an sbatch array-job script for the unfinished runs; start "
                              "nothing (default: no script)")
-    parser.add_argument("--slurm-time", default="24:00:00", help="the array tasks' --time")
+    parser.add_argument("--slurm-time", type=_slurm_time, default="24:00:00",
+                        help="the array tasks' time limit (sbatch --time): minutes, "
+                             "minutes:seconds, hours:minutes:seconds, days-hours, "
+                             "days-hours:minutes or days-hours:minutes:seconds")
     parser.add_argument("--every", type=positive_float, default=300,
                         help="seconds between status tables while running")
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",

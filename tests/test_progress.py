@@ -5,6 +5,8 @@ cell; images counted inside a long attack row."""
 from __future__ import annotations
 
 import io
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +142,7 @@ def test_the_notebook_and_its_cell_are_shown(shown, capsys) -> None:
         kwargs = progress.engine_kwargs("01_method")
         assert kwargs["engine_name"] == "adt-cells"
         kwargs["on_cell"](11, 40)
-        assert progress.line().startswith("01_method cell 12/40; 0/2 notebooks")
+        assert progress.line().startswith("01_method cell 12/40 for 0s; 0/2 notebooks")
         assert progress.finish(0) >= 0
     finally:
         progress.close()
@@ -174,3 +176,94 @@ def test_a_long_attack_row_counts_its_images_batch_by_batch(monkeypatch) -> None
     assert bars[-1]["desc"] == "PGD-2" and bars[-1]["total"] == 10
     assert not bars[-1]["disable"] and sum(bars[-1]["updates"]) == 10
     assert len(bars[-1]["updates"]) >= 2  # moves inside the row, not once at its end
+
+
+def test_a_job_past_its_estimate_makes_the_eta_a_growing_lower_bound() -> None:
+    clock = Clock()
+    jobs = JobProgress([1.0, 1.0, 2.0], workers=1, prior=None, clock=clock)
+    jobs.start(0)
+    clock.now = 10.0
+    jobs.finish(0)  # 10 s a unit
+    jobs.start(1)
+    clock.now = 15.0  # half-way through its 10 s
+    assert not jobs.overrun() and jobs.eta_text() == "25s"
+    clock.now = 40.0  # 30 s into a job of 10 s: the batch is at least (10 + 30) / 2 s a unit
+    assert jobs.overrun() and jobs.rate() == pytest.approx(20.0)
+    assert jobs.eta() == pytest.approx(40.0) and jobs.eta_text() == "at least 40s"
+    clock.now = 70.0  # still running: the bound keeps growing, the line keeps changing
+    assert jobs.eta() == pytest.approx(70.0)
+    assert jobs.line() == "1/3 jobs, 1m10s elapsed, ETA at least 1m10s"
+    assert jobs.seconds_per_cost() == 10.0  # what a batch records: finished jobs only
+    jobs.finish(1)
+    assert not jobs.overrun() and jobs.eta() == pytest.approx(2 * 35.0)
+    jobs.start(2)
+    clock.now = 70.0 + 200.0  # the last job, past its estimate: nothing left to bound
+    assert jobs.eta_text() == "? (past the estimate)"
+
+
+def test_the_line_keeps_counting_inside_a_long_cell(shown, monkeypatch) -> None:
+    import adt.artifact.batch_progress as batch_progress
+
+    log = io.StringIO()
+    progress = NotebookProgress(["01_method"], {"01_method": 30.0}, True)
+    progress.reporter.close()
+    assert progress.reporter.every == batch_progress.LOG_EVERY <= 15.0
+    progress.reporter = Reporter("[adt.pipeline]", stream=log, every=0.0)
+    progress.start(0, "profile smoke, device cpu")
+    progress.engine_kwargs("01_method")["on_cell"](3, 23)
+    progress.cell_started -= 65.2  # the cell started 65 s ago
+    assert progress.line().startswith("01_method cell 4/23 for 1m05s; 0/1 notebooks")
+    progress.reporter.start_ticker(progress.line, tick=0.01)  # what the batch's ticker does
+    try:
+        for _ in range(1000):
+            if log.getvalue().count("\n") >= 4:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        progress.close()
+    ticks = [line for line in log.getvalue().splitlines() if "cell 4/23 for" in line]
+    assert len(ticks) >= 2  # redrawn by the ticker, not only when a cell starts
+
+
+def test_the_kernels_known_noise_is_dropped_and_its_real_errors_forwarded() -> None:
+    from adt.artifact.batch_progress import forward_filtered, kernel_noise
+
+    tcp = ("[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All "
+           "communication (including code and outputs) is sent in plain text and is "
+           "susceptible to eavesdropping.\n")
+    noise = [tcp, "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n",
+             "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel\n",
+             "\x1b[33m[IPKernelApp] WARNING | Kernel is running over TCP without encryption.\n"]
+    real = ["[IPKernelApp] ERROR | Exception in message handler:\n",
+            "Traceback (most recent call last):\n", "KeyboardInterrupt\n",
+            "RuntimeError: CUDA out of memory\n",
+            "[IPKernelApp] WARNING | Kernel is running over TCP (an unknown message)\n"]
+    assert all(kernel_noise(line) for line in noise)
+    assert not any(kernel_noise(line) for line in real)
+    read, write = os.pipe()
+    out = io.StringIO()
+    thread = forward_filtered(read, lambda: out)
+    with os.fdopen(write, "w") as pipe:
+        pipe.writelines([noise[0], real[0], noise[1], real[3]])
+    thread.join(timeout=60)
+    assert out.getvalue() == real[0] + real[3]
+
+
+def test_a_notebooks_kernel_stderr_reaches_the_terminal_without_the_noise(tmp_path,
+                                                                          capfd) -> None:
+    import nbformat
+    import papermill as pm
+    from conftest import synthetic_notebook
+
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(synthetic_notebook("import os\nos.write(2, b'a real kernel error\\n')"),
+                   source)
+    progress = NotebookProgress(["nb"], {}, False)
+    try:
+        pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), progress_bar=False,
+                            **progress.engine_kwargs("nb"))
+    finally:
+        progress.close()
+    err = capfd.readouterr().err
+    assert "a real kernel error" in err
+    assert "without encryption" not in err and "KeyboardInterrupt" not in err

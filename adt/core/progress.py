@@ -7,7 +7,9 @@ at most every ``every`` seconds), and nothing when progress is off (``progress=F
 
 :class:`JobProgress` counts jobs run by ``workers`` processes and estimates the time left
 from each job's relative ``cost``: seconds per unit of cost start from a prior (measured
-by an earlier batch) and are replaced by the finished jobs' own measurements.
+by an earlier batch) and are replaced by the finished jobs' own measurements. A job that
+runs past its estimate makes the ETA a lower bound that grows while it runs (``ETA at least
+...``), so the line never freezes inside a long step.
 
 No torch here: the papermill launcher (:mod:`adt.artifact.pipeline`) uses it.
 """
@@ -155,28 +157,62 @@ class JobProgress:
 
     def seconds_per_cost(self) -> float | None:
         """Measured on the finished jobs, else the prior."""
-        if not self.finished:
+        done = dict(self.finished)  # a snapshot: the ticker thread reads while jobs finish
+        if not done:
             return self.prior
-        return sum(self.finished.values()) / sum(self.costs[i] for i in self.finished)
+        return sum(done.values()) / sum(self.costs[i] for i in done)
 
     def elapsed(self) -> float:
         """Seconds since the first job was created."""
         return self.clock() - self.started_at
 
+    def rate(self) -> float | None:
+        """Seconds per unit of cost for the ETA: :meth:`seconds_per_cost`, raised while the
+        running jobs together have taken longer than it allows. Their time so far is a lower
+        bound on their cost, so (finished seconds + running seconds) / (finished costs +
+        running costs) is a lower bound on this batch's rate: it grows while a job
+        overruns, and the ETA with it."""
+        base = self.seconds_per_cost()
+        running = dict(self.running)
+        if base is None or not running:
+            return base
+        now, done = self.clock(), dict(self.finished)
+        seconds = sum(done.values()) + sum(now - t for t in running.values())
+        cost = sum(self.costs[i] for i in done) + sum(self.costs[i] for i in running)
+        return max(base, seconds / cost)
+
+    def overrun(self) -> bool:
+        """Whether a running job has run longer than its cost at the measured (or prior)
+        rate allows: the ETA is then a lower bound."""
+        base = self.seconds_per_cost()
+        if base is None:
+            return False
+        now = self.clock()
+        return any(now - t > self.costs[i] * base for i, t in dict(self.running).items())
+
     def eta(self) -> float | None:
-        """Seconds left (None when unknown)."""
-        rate = self.seconds_per_cost()
+        """Seconds left (None when unknown); a lower bound while :meth:`overrun`."""
+        rate = self.rate()
         if rate is None:
             return None
         now = self.clock()
-        pending = [i for i in range(self.total) if i not in self.finished
-                   and i not in self.running]
+        running, done = dict(self.running), dict(self.finished)
+        pending = [i for i in range(self.total) if i not in done and i not in running]
         work = sum(self.costs[i] for i in pending) * rate
-        work += sum(max(self.costs[i] * rate - (now - t), 0.0) for i, t in self.running.items())
-        busy = min(self.workers, len(pending) + len(self.running)) or 1
+        work += sum(max(self.costs[i] * rate - (now - t), 0.0) for i, t in running.items())
+        busy = min(self.workers, len(pending) + len(running)) or 1
         return work / busy
 
+    def eta_text(self) -> str:
+        """The ETA as shown: ``4m10s``; ``at least 4m10s`` while a job overruns its estimate
+        (``? (past the estimate)`` when no other job is left); ``?`` when unknown."""
+        eta = self.eta()
+        if eta is None or not self.overrun():
+            return duration(eta)
+        return f"at least {duration(eta)}" if eta >= 1 else "? (past the estimate)"
+
     def line(self, what: str = "jobs") -> str:
-        """``3/14 jobs, 5m02s elapsed, ETA 21m10s``."""
+        """``3/14 jobs, 5m02s elapsed, ETA 21m10s`` (``ETA at least ...`` while a job
+        overruns its estimate)."""
         return (f"{self.done}/{self.total} {what}, {duration(self.elapsed())} elapsed, "
-                f"ETA {duration(self.eta())}")
+                f"ETA {self.eta_text()}")

@@ -106,3 +106,35 @@ def test_judge_trial_pair_reads_the_verdict_budget() -> None:
     assert all(g.passed for g in pair.gates)
     with pytest.raises(ValueError, match="run the study first"):
         judge_trial_pair(grids, "a", "b", [], [1, 2, 4], 4, plateaus)
+
+
+def test_a_rob_error_retakes_a_margin_verdict_with_the_margin() -> None:
+    from adt.study.evidence import a_rob_error
+    from adt.study.stats import Comparison
+
+    e = Interval(0.0, -0.02, 0.02)
+    equivalent = Comparison("difference", e, "equivalent", 1, 8, N)
+    clean = {"a": (0, 400), "b": (0, 400)}  # bounds of 0.75 points each
+    assert a_rob_error(equivalent, clean, margin=0.05).passed
+    # a large error bound can push the interval out of the margin: then it fails
+    assert not a_rob_error(equivalent, {"a": (20, 100), "b": (0, 400)}, margin=0.05).passed
+
+
+def test_read_trial_on_the_committed_budget_study() -> None:
+    """The archive's 8- and 16-epoch runs (8 seeds) read as a two-budget trial: every pair
+    judged on the same seeds, and the tables and the direction line built from them."""
+    from adt.config.profiles import get_profile
+    from adt.study.trial import direction_line, effect_rows, method_rows, read_trial
+    from adt.training.archive import ARCHIVE_ROOT
+
+    trial = read_trial(get_profile("quick"), ARCHIVE_ROOT, range(8), budgets=(1, 2))
+    assert trial.seeds == tuple(range(8)) and trial.budgets == (1, 2)
+    assert trial.epochs[1] == 8 and trial.epochs[2] == 16
+    assert len(trial.pairs) == 6 and trial.verdict_budget == 2
+    exp_at = trial.pairs["adt_exp", "pgd_at"]
+    # the budget study's committed verdict: -1.4 [-3.4, +0.6] points at 16 epochs
+    assert f"{100 * exp_at.at_verdict.effect.estimate:+.1f}" == "-1.4"
+    assert len(effect_rows(trial)) == 6 and len(method_rows(trial)) == 5
+    assert direction_line(trial).startswith("**Direction:**")
+    # a gain of 9 or more points per doubling is no plateau
+    assert not trial.plateaus[2]["adt_exp"]["plateaued"] and not trial.plateaued

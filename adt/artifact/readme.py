@@ -32,8 +32,8 @@ from pathlib import Path
 from adt.config.provenance import REPO_ROOT
 from adt.core.io import markdown_table
 
-__all__ = ["RESULTS_TABLE", "CLAIMS", "HEADLINE", "claims_rows", "BLOCKS", "Cell", "parse_cell", "results_block",
-           "gates_block", "markers", "insert_block", "stale_block", "write_blocks", "stale_blocks"]
+__all__ = ["RESULTS_TABLE", "CLAIMS", "HEADLINE", "claims_rows", "direction_line", "BLOCKS", "Cell", "parse_cell", "results_block",
+           "gates_block", "audit_block", "markers", "insert_block", "stale_block", "write_blocks", "stale_blocks"]
 
 #: The table the README's results come from, relative to the output folder (``figures/``);
 #: any table whose cells read "mean ± sd [low, high]", one row per method, will do.
@@ -123,6 +123,15 @@ def verdict_line(claims: Path) -> str:
     raise ValueError(f"{claims} has no line starting with 'Verdicts:'")
 
 
+def direction_line(claims: Path) -> str | None:
+    """The line of ``claims`` that starts with "**Direction:**" (which way the headline effects
+    point), or None when it has none."""
+    if not claims.is_file():
+        return None
+    return next((line.strip() for line in claims.read_text(encoding="utf-8").splitlines()
+                 if line.startswith("**Direction:**")), None)
+
+
 def results_block(figures_dir: Path, table: Path = RESULTS_TABLE, *,
                   relative_to: Path | None = None) -> str:
     """The README's results: per method (row of ``figures_dir / table``), A_rob's mean over
@@ -141,7 +150,8 @@ def results_block(figures_dir: Path, table: Path = RESULTS_TABLE, *,
     best = max(cells, key=lambda c: float(c[1].mean))
     scale = _scale(path)
     claims = figures_dir / CLAIMS
-    lines = [
+    direction = direction_line(claims)
+    lines = ([direction, ""] if direction else []) + [
         markdown_table(["method", "A_rob % (mean over seeds [95 % interval])", "clean %"],
                        [(m, f"**{r.mean}** [{r.low}, {r.high}]", c.mean) for m, r, c in cells]),
         f"Highest mean A_rob: {best[0]} ({best[1].mean}). "
@@ -245,11 +255,26 @@ def gates_block(figures_dir: Path, *, relative_to: Path | None = None) -> str:
             + f"\nEvery claim: [{claims.name}]({_link(claims, relative_to)}).\n")
 
 
+AUDIT_TABLES = (Path("tables") / "tab06_gate_audit.md", Path("tables") / "tab06_gate_changes.md")
+
+
+def audit_block(figures_dir: Path, *, relative_to: Path | None = None) -> str:
+    """REPRODUCTION.md's gate audit: chapter 6's two audit tables (each gate's history, and
+    every headline verdict a gate changed), as the notebook wrote them, with links."""
+    parts = []
+    for table in AUDIT_TABLES:
+        path = Path(figures_dir) / table
+        caption, _, body = path.read_text(encoding="utf-8").partition("\n\n")
+        parts.append(f"{caption} ([{path.name}]({_link(path, relative_to)}))\n\n{body.strip()}")
+    return "\n\n".join(parts) + "\n"
+
+
 #: block name -> what writes it from the output folder (``relative_to``: the document's
 #: folder, for its links), and the document it lives in
 BLOCKS: dict[str, tuple[Callable[..., str], str]] = {
     "results": (results_block, "README.md"),
     "gates": (gates_block, "REPRODUCTION.md"),
+    "audit": (audit_block, "REPRODUCTION.md"),
 }
 
 

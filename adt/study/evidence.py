@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from adt.core._checks import check_int_at_least
-from adt.study.stats import Comparison, Interval, verdict
+from adt.study.stats import Comparison, Interval, margin_verdict, verdict
 from adt.study.verdicts import Gate
 
 __all__ = ["MIN_SEEDS", "A_ROB_ERROR_LEVEL", "stable_under_budget", "enough_evidence",
@@ -82,7 +82,8 @@ def overstatement_bound(overstated: int, n: int, *, level: float = A_ROB_ERROR_L
 
 
 def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]], *,
-                level: float = A_ROB_ERROR_LEVEL, model: str = "") -> Gate:
+                level: float = A_ROB_ERROR_LEVEL, model: str = "",
+                margin: float | None = None) -> Gate:
     """The measured evaluation error cannot change the verdict of an A_rob comparison
     (effect = A_rob(A) - A_rob(B), a :class:`~adt.study.stats.Comparison` with its verdict).
 
@@ -94,7 +95,8 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
     can only widen a deficit the claim already shows does not void it). On fewer than
     :data:`MIN_SEEDS` seeds nothing is decided and the gate passes (the evidence gate speaks).
     value = the bound that could move the interval across zero (B's for a deficit, A's for
-    a gain)."""
+    a gain). ``margin``: the comparison's verdict is a margin verdict
+    (:func:`adt.study.stats.margin_verdict`, the fair trial's), taken again with it."""
     bounds = {k: overstatement_bound(*overstated[k], level=level) for k in ("a", "b")}
     if comparison.seeds < MIN_SEEDS:  # nothing is decided, so nothing can be changed
         return Gate("a_rob_error", model, max(bounds.values()),
@@ -103,7 +105,8 @@ def a_rob_error(comparison: Comparison, overstated: Mapping[str, tuple[int, int]
                     f"(bounds {bounds['a']:.3f} and {bounds['b']:.3f})")
     e = comparison.effect
     widened = Interval(e.estimate, e.low - bounds["a"], e.high + bounds["b"])
-    again = verdict(widened, direction=comparison.direction)
+    again = (verdict(widened, direction=comparison.direction) if margin is None
+             else margin_verdict(widened, margin, direction=comparison.direction))
     passed = again == comparison.verdict
     (ka, na), (kb, nb) = overstated["a"], overstated["b"]
     detail = (f"A_rob above the original AutoAttack on {ka}/{na} (A) and {kb}/{nb} (B) "

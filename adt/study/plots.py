@@ -260,3 +260,47 @@ def plot_budget_effects(results: Mapping[str, Any], epochs: Sequence[int],
     fig.tight_layout()
     return fig
 
+
+
+def plot_trial_effects(results: Mapping[str, Any], epochs: Mapping[int, int],
+                       margin: float, verdict_budget: int | None = None) -> Any:
+    """The fair trial on one figure: a panel per headline pair (``results``: title ->
+    :class:`adt.study.trial.TrialPair`), each seed's paired A_rob effect (points) at every
+    budget (``epochs``: budget factor -> epochs, on a log2 axis), the mean with its seed-level
+    95 % interval, zero dashed, the equivalence margin +-``margin`` shaded, and the verdict
+    budget (when the stopping rule has named one) marked by a vertical line."""
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), sharey=True,
+                             squeeze=False)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i, (ax, (title, pair)) in enumerate(zip(axes.flat, results.items(), strict=False)):
+        budgets = sorted(pair.comparisons)
+        xs = [epochs[b] for b in budgets]
+        for seed in sorted(pair.per_seed[budgets[0]]):
+            ax.plot(xs, [100 * pair.per_seed[b][seed] for b in budgets], color="0.65",
+                    lw=0.9, marker="o", ms=2.5, zorder=1)
+        for x, b in zip(xs, budgets, strict=True):
+            e = pair.comparisons[b].effect
+            ax.errorbar([x], [100 * e.estimate], yerr=[[100 * (e.estimate - e.low)],
+                                                        [100 * (e.high - e.estimate)]],
+                        color="black", marker="s", ms=5, capsize=4, lw=1.5, zorder=3)
+        ax.axhspan(-margin, margin, color="tab:green", alpha=0.12, lw=0, zorder=0)
+        ax.axhline(0, color="0.3", ls="--", lw=0.8)
+        if verdict_budget in pair.comparisons:
+            ax.axvline(epochs[verdict_budget], color="tab:blue", lw=1, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlim(xs[0] / 1.35, xs[-1] * 1.35)
+        ax.set_title(f"({letters[i]}) {title}", fontsize=10)
+        ax.set_xlabel("training epochs (log scale)")
+        if i % cols == 0:
+            ax.set_ylabel("A_rob effect (points)")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -42,7 +42,8 @@ __all__ = ["MARGIN_POINTS", "PLATEAU_POINTS", "TRIAL_BUDGETS", "EXTENSION_BUDGET
            "CANDIDATE_BUDGETS", "IMP_WIDTHS", "IMP_SEEDS", "trial_design_path",
            "make_trial_design", "load_trial_design", "departure_profiles", "plateau_gains", "needs_extension",
            "OUTCOMES", "plateau_table", "choose_verdict_budget", "trained_out", "TrialPair",
-           "judge_trial_pair"]
+           "judge_trial_pair", "Trial", "read_trial", "points", "effect_rows", "method_rows",
+           "direction_line"]
 
 #: delta: the smallest A_rob effect of interest (points), for equivalence verdicts
 MARGIN_POINTS = 5.0
@@ -289,3 +290,149 @@ def judge_trial_pair(grids: dict[tuple[int, str], dict[int, Any]], a: str, b: st
     if a in gains and b in gains:
         gates.insert(0, trained_out(at, gains[a], gains[b], model=model))
     return TrialPair(comparisons, per_seed, changes, verdict_budget, tuple(gates))
+
+
+# --- the trial as a whole: what is trained, the verdict budget, every headline pair --------------
+
+@dataclass(frozen=True)
+class Trial:
+    """The fair trial as the stored runs have it (:func:`read_trial`)."""
+
+    planned_seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # every method at every budget of ``budgets``
+    budgets: tuple[int, ...]  # budget factors analysed
+    epochs: dict[int, int]  # budget factor -> epochs
+    grids: dict[tuple[int, str], dict[int, Any]]
+    plateaus: dict[int, dict[str, Any]]
+    verdict_budget: int
+    plateaued: bool  # the stopping rule named ``verdict_budget``
+    pending: tuple[str, ...]  # what the design still asks for (empty: complete)
+    pairs: dict[tuple[str, str], TrialPair]
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+    def completeness_gate(self) -> Any:
+        """``trial_complete`` (evidence): every planned seed at every budget the stopping
+        rule asks for; while it fails the headline verdicts are "inconclusive: trial in
+        progress", and the numbers are shown as interim."""
+        from adt.study.verdicts import Gate
+
+        return Gate("trial_complete", "", float(len(self.seeds)),
+                    f"{len(self.planned_seeds)} seeds at every budget the stopping rule asks for",
+                    self.complete, "; ".join(self.pending) or "complete",
+                    "" if self.complete else "trial in progress")
+
+
+def read_trial(profile: Profile, runs_root: str | Path, planned_seeds: Any,
+               methods: Any = None, pairs: Any = None, budgets: Any = None) -> Trial:
+    """The trial from the stored ``eval_a_rob.json`` of every run: the seeds complete at the
+    design's budgets (and at the extension budget once it is complete on enough seeds), the
+    plateau table, the verdict budget by the stopping rule, and each headline pair judged
+    there (:func:`judge_trial_pair`). Nothing is trained or evaluated here. ``budgets``
+    replaces the design's :data:`TRIAL_BUDGETS` (tests)."""
+    from adt.method.methods import LABELS
+    from adt.study.budget import complete_seeds, read_grids
+    from adt.study.campaign import HEADLINE_PAIRS, STUDY_METHODS
+    from adt.study.evidence import MIN_SEEDS
+
+    methods = tuple(methods or STUDY_METHODS)
+    pairs = tuple(pairs or HEADLINE_PAIRS)
+    planned = tuple(planned_seeds)
+    base = tuple(budgets or TRIAL_BUDGETS)
+    everything = (*base, EXTENSION_BUDGET)
+    grids = read_grids(profile, methods, planned, everything, runs_root)
+    extended = len(complete_seeds(grids, methods, everything)) >= MIN_SEEDS
+    budgets = everything if extended else base
+    seeds = tuple(complete_seeds(grids, methods, budgets))
+    if len(seeds) < 2:
+        raise ValueError(f"the trial needs 2 or more seeds with every method at "
+                         f"{[profile.with_budget(b).recipe.epochs for b in budgets]} epochs; "
+                         f"found {list(seeds)}. Train them: python -m adt.budget_study "
+                         f"--profile {profile.name}")
+    epochs = {b: profile.with_budget(b).recipe.epochs for b in everything}
+    plateaus = plateau_table(grids, methods, seeds, budgets)
+    verdict_budget, plateaued = choose_verdict_budget(plateaus)
+    pending = []
+    missing = [s for s in planned if s not in seeds]
+    if missing:
+        pending.append(f"{epochs[max(budgets)]}-epoch runs missing on seeds {missing}")
+    if not plateaued and not extended:
+        pending.append(f"the stopping rule asks for {epochs[EXTENSION_BUDGET]} epochs "
+                       f"(not yet trained)")
+    judged = {(a, b): judge_trial_pair(grids, a, b, seeds, budgets, verdict_budget, plateaus,
+                                       model=f"{LABELS[a]} vs {LABELS[b]}")
+              for a, b in pairs}
+    return Trial(planned, seeds, budgets, epochs, grids, plateaus, verdict_budget, plateaued,
+                 tuple(pending), judged)
+
+
+def points(interval: Any, digits: int = 1) -> str:
+    """An interval of fractions as "+e [lo, hi]" in points."""
+    return (f"{100 * interval.estimate:+.{digits}f} [{100 * interval.low:+.{digits}f}, "
+            f"{100 * interval.high:+.{digits}f}]")
+
+
+def effect_rows(trial: Trial) -> list[list[str]]:
+    """Table 6.2's rows: per headline pair, the effect and margin verdict at every budget,
+    then the change per doubling into the verdict budget."""
+    from adt.method.methods import LABELS
+
+    rows = []
+    for (a, b), pair in trial.pairs.items():
+        row = [f"{LABELS[a]} - {LABELS[b]}"]
+        for budget in trial.budgets:
+            c = pair.comparisons[budget]
+            mark = " (v)" if budget == trial.verdict_budget else ""
+            row.append(f"{points(c.effect)}: {c.verdict}{mark}")
+        change = pair.changes.get(trial.verdict_budget)
+        row.append(points(change) if change else "n/a")
+        rows.append(row)
+    return rows
+
+
+def method_rows(trial: Trial) -> list[list[str]]:
+    """Table 6.2b's rows: per method, mean A_rob (%) at every budget and the gain per
+    doubling (points, 95 % interval), flagged when it has plateaued."""
+    import numpy as np
+
+    from adt.method.methods import LABELS
+
+    rows = []
+    methods = list(next(iter(trial.plateaus.values())))
+    for m in methods:
+        row = [LABELS[m]]
+        for budget in trial.budgets:
+            row.append(f"{100 * np.mean([trial.grids[budget, m][s].mean() for s in trial.seeds]):.1f}")
+        for budget in trial.budgets[1:]:
+            g = trial.plateaus[budget][m]
+            row.append(f"{g['interval'].estimate:+.1f} [{g['interval'].low:+.1f}, "
+                       f"{g['interval'].high:+.1f}]" + (" plateau" if g["plateaued"] else ""))
+        rows.append(row)
+    return rows
+
+
+def direction_line(trial: Trial) -> str:
+    """One plain line: which way the headline effects point, and how that moves with the
+    budget (CLAIMS.md and the README open with it)."""
+    first, last = trial.budgets[0], trial.verdict_budget
+    effects = {b: [p.comparisons[b].effect for p in trial.pairs.values()] for b in (first, last)}
+
+    def side(b: int) -> str:
+        e = effects[b]
+        neg = sum(x.estimate < 0 for x in e)
+        excl = sum(x.high < 0 for x in e)
+        return f"{neg} of {len(e)} point to the baseline ({excl} intervals exclude 0)"
+
+    mean = {b: 100 * sum(x.estimate for x in effects[b]) / len(effects[b]) for b in effects}
+    status = "" if trial.complete else " (interim: " + "; ".join(trial.pending) + ")"
+    return (f"**Direction:** the headline effects (ADT minus baseline, A_rob) point against "
+            f"the paper: at {trial.epochs[first]} epochs {side(first)}, mean "
+            f"{mean[first]:+.1f} points; at {trial.epochs[last]} epochs {side(last)}, mean "
+            f"{mean[last]:+.1f} points, on seeds {list(trial.seeds)}{status}."
+            if all(x.estimate < 0 for x in effects[last]) else
+            f"**Direction:** ADT minus baseline in A_rob, mean over the six headline pairs: "
+            f"{mean[first]:+.1f} points at {trial.epochs[first]} epochs ({side(first)}), "
+            f"{mean[last]:+.1f} at {trial.epochs[last]} ({side(last)}), on seeds "
+            f"{list(trial.seeds)}{status}.")

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 from conftest import randomised
 
-from adt.core.models import PreActResNet18, SmallCNN, WideResNet, build_model, penultimate_features
+from adt.core.models import (
+    Encoder,
+    Generator,
+    NoiseMap,
+    PreActResNet18,
+    SmallCNN,
+    WideResNet,
+    build_model,
+    penultimate_features,
+)
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -75,6 +84,24 @@ def test_bad_arguments() -> None:
         build_model("resnet50", 3, 10, 32)
     for name in ("small_cnn", "preact_resnet18", "wrn"):
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: Generator(0, 2, 4), "Generator in_channels=0 must be an integer >= 1"),
+    (lambda: Generator(3, 2, 0), "Generator ngf=0 must be an integer >= 1"),
+    (lambda: NoiseMap(8, 0), "NoiseMap image_size=0 must be an integer >= 1"),
+    (lambda: Encoder(0, 8), "Encoder in_channels=0 must be an integer >= 1"),
+    (lambda: Encoder(1, 8)(torch.rand(2, 1, 19, 28)), "at least 20x20 .* got 19x28"),
+])
+def test_the_generators_refuse_sizes_they_cannot_take(build, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_the_encoder_reads_its_smallest_images() -> None:
+    side = Encoder.min_image_size
+    mean, variance = Encoder(1, 8).eval()(torch.rand(2, 1, side, side))
+    assert mean.shape == variance.shape == (2, 8)
 
 
 # ----------------------------------------------------------------------------- release layout

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adt.core._checks import check_int_at_least
+
 __all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "Generator", "NoiseMap", "Encoder", "MODELS",
            "build_model", "penultimate_features"]
 
@@ -200,6 +202,9 @@ class Generator(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, ngf: int = 256) -> None:
         super().__init__()
+        check_int_at_least(in_channels, 1, "Generator in_channels", "3")
+        check_int_at_least(out_channels, 1, "Generator out_channels", "3")
+        check_int_at_least(ngf, 1, "Generator ngf", "256 (paper) or 8 (CPU)")
         self.net = nn.Sequential(
             _conv3x3(in_channels, ngf), nn.BatchNorm2d(ngf), nn.ReLU(inplace=True),
             _ResidualBlock(ngf, 2 * ngf), _ResidualBlock(2 * ngf, 2 * ngf),
@@ -216,7 +221,8 @@ class NoiseMap(nn.Module):
 
     def __init__(self, noise_dim: int, image_size: int) -> None:
         super().__init__()
-        self.image_size = image_size
+        check_int_at_least(noise_dim, 1, "NoiseMap noise_dim", "64")
+        self.image_size = check_int_at_least(image_size, 1, "NoiseMap image_size", "32")
         self.net = nn.Sequential(nn.Linear(noise_dim, 256), nn.ReLU(inplace=True),
                                  nn.Linear(256, image_size * image_size), nn.ReLU(inplace=True))
 
@@ -234,10 +240,16 @@ class Encoder(nn.Module):
     out))). 724,384 parameters for 3 channels and z of 64 dims. The release pools with
     AvgPool(4), which is defined for 32x32 inputs only (the last map is 4x4 there); we pool
     the whole last map, which is the same at 32x32 and, at 28x28 (a 3x3 map), averages it.
+    The four unpadded convolutions need images of at least :attr:`min_image_size` pixels
+    a side.
     """
+
+    min_image_size = 20
 
     def __init__(self, in_channels: int, noise_dim: int = 64) -> None:
         super().__init__()
+        check_int_at_least(in_channels, 1, "Encoder in_channels", "3")
+        check_int_at_least(noise_dim, 1, "Encoder noise_dim", "64")
         layers: list[nn.Module] = []
         for cin, cout, k, stride in ((in_channels, 32, 5, 1), (32, 64, 4, 2), (64, 128, 4, 1),
                                      (128, 256, 4, 2)):
@@ -247,8 +259,19 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                  nn.Linear(256, 2 * noise_dim))
 
+    @classmethod
+    def check_size(cls, height: int, width: int) -> None:
+        """ValueError unless images of ``height`` x ``width`` pass the four unpadded
+        convolutions (:attr:`min_image_size` a side)."""
+        side = cls.min_image_size
+        if min(height, width) < side:
+            raise ValueError(f"ADT_IMP-AM's entropy encoder needs images of at least {side}x"
+                             f"{side} (four unpadded convolutions), got {height}x{width}; pad "
+                             f"or resize the images to {side}x{side} or more")
+
     def forward(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, variance) of q(z | delta); ``delta`` is the perturbation over epsilon."""
+        self.check_size(*delta.shape[-2:])
         mean, raw = self.net(delta).chunk(2, dim=1)
         return mean, F.softplus(raw)
 

@@ -25,9 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adt.attack.spec import CLEAN, AttackSpec, pgd_spec
-from adt.core._checks import check_int_at_least
+from adt.core._checks import check_batch, check_int_at_least
 from adt.core.data import ImageDataset, to_float
-from adt.core.primitives import check_batch, correct_predictions
+from adt.core.primitives import correct_predictions
 from adt.core.runtime import autocast as bf16_autocast
 from adt.core.runtime import device_of, isolated_rng, preserved_modes
 from adt.evaluation.checks import SanityChecks

@@ -39,6 +39,12 @@ class _GradReverse(torch.autograd.Function):
         return -grad
 
 
+def _widened(t: torch.Tensor) -> torch.Tensor:
+    """A network's output in float32 when autocast made it half precision; float32 and
+    float64 (a float64 classifier's generators) kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def grad_reverse(x: torch.Tensor) -> torch.Tensor:
     """Identity forward, negated gradient backward (Ganin & Lempitsky, 2015).
 
@@ -49,6 +55,7 @@ def grad_reverse(x: torch.Tensor) -> torch.Tensor:
 
 
 CONDITIONINGS = ("raw", "normalised")
+_CHANNELS = "1 (grey images) or 3 (RGB): the images' channels"
 
 
 def gradient_conditioning(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -97,7 +104,10 @@ class AmortizedExplicitADT(InnerMaximizer):
         self.epsilon = check_epsilon(epsilon)
         self.lambda_ = float(lambda_)
         self.conditioning = check_choice(conditioning, CONDITIONINGS, "generator conditioning")
-        check_int_at_least(ngf, 1, "ngf", "256 (paper) or 16 (CPU)")
+        check_int_at_least(ngf, 1, "ngf", "256 (paper) or 8 (CPU)")
+        in_channels = check_int_at_least(in_channels, 1, "in_channels", _CHANNELS)
+        self.image_shape = (in_channels, None, None)
+        self.built_for = f"AmortizedExplicitADT(in_channels={in_channels})"
         self.generator = Generator(3 * in_channels, 2 * in_channels, ngf)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
 
@@ -105,7 +115,7 @@ class AmortizedExplicitADT(InnerMaximizer):
         """p_phi(delta | x) for a batch: the generator's (mu, v) from x and two input gradients."""
         cond = gradient_conditioning(model, x, y, self.epsilon, self.conditioning,
                                      self.batch_share)
-        mu, v = self.generator(cond).float().chunk(2, dim=1)
+        mu, v = _widened(self.generator(cond)).chunk(2, dim=1)
         return TanhGaussian(mu, F.softplus(v), self.epsilon, validate_args=False)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
@@ -163,7 +173,13 @@ class AmortizedImplicitADT(InnerMaximizer):
                  conditioning: str = "raw") -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
-        check_int_at_least(ngf, 1, "ngf", "256 (paper) or 16 (CPU)")
+        check_int_at_least(ngf, 1, "ngf", "256 (paper) or 8 (CPU)")
+        in_channels = check_int_at_least(in_channels, 1, "in_channels", _CHANNELS)
+        image_size = check_int_at_least(image_size, 1, "image_size",
+                                        "28 (MNIST) or 32 (CIFAR-10)")
+        self.image_shape = (in_channels, image_size, image_size)
+        self.built_for = (f"AmortizedImplicitADT(in_channels={in_channels}, "
+                          f"image_size={image_size})")
         self.noise_dim = check_int_at_least(noise_dim, 1, "noise_dim", "64")
         self.lambda_, self.threshold = float(lambda_), float(threshold)
         self.conditioning = check_choice(conditioning, CONDITIONINGS, "generator conditioning")
@@ -185,9 +201,10 @@ class AmortizedImplicitADT(InnerMaximizer):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(delta, z)``: one perturbation per conditioning input, from noise z (drawn if
         not given). Several draws per image: repeat ``cond`` along the batch."""
-        if z is None:
-            z = torch.rand(len(cond), self.noise_dim, device=cond.device) * 2 - 1
-        out = self.generator(torch.cat([cond, self.noise_map(z).to(cond.dtype)], 1)).float()
+        if z is None:  # in the noise map's dtype (float32 unless it follows a float64 model)
+            dtype = next(self.noise_map.parameters()).dtype
+            z = torch.rand(len(cond), self.noise_dim, device=cond.device, dtype=dtype) * 2 - 1
+        out = _widened(self.generator(torch.cat([cond, self.noise_map(z).to(cond.dtype)], 1)))
         return self.epsilon * torch.tanh(out), z
 
     def sample(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -198,9 +215,10 @@ class AmortizedImplicitADT(InnerMaximizer):
     def entropy_nll(self, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Mean over batch and dimensions of -log q(z | delta): low means a high entropy bound."""
         mean, variance = self.encoder(delta / self.epsilon)
-        return gaussian_nll(mean.float(), variance.float(), z).mean()
+        return gaussian_nll(_widened(mean), _widened(variance), z).mean()
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
+        Encoder.check_size(*x.shape[-2:])  # before any pass (sample() works at any size)
         delta, z = self.sample(model, x, y)
         nll = self.global_mean(self.entropy_nll(delta, z))  # the hinge acts on the global batch
         x_adv = (x + grad_reverse(delta)).clamp(0.0, 1.0)

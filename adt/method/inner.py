@@ -13,6 +13,11 @@ classifier in eval mode (restored afterwards), keep any state they need (generat
 their optimisers) in their own ``state_dict``, and expose ``epsilon`` as a plain
 attribute so the trainer may ramp it.
 
+Calling a maximiser checks the batch first, once (:func:`adt.core._checks.check_batch`,
+the contract of the attacks and the tables: float images in [0, 1], int64 labels, the
+image shape the maximiser was built for, the classifier's device and dtype), and moves
+the maximiser's own networks to the classifier's device and dtype when they differ.
+
 - :class:`Clean`: no perturbation (standard training).
 - :class:`PGD`: AT, Eq. (1)-(2).
 - :class:`TRADES`: the TRADES baseline (Zhang et al., 2019), with its own outer loss.
@@ -30,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt.core._checks import check_epsilon, check_int_at_least, check_positive
+from adt.core._checks import (
+    check_batch,
+    check_epsilon,
+    check_int_at_least,
+    check_positive,
+    first_float_weight,
+)
 from adt.core.primitives import ce_sum, sign_ascent, uniform_start
 from adt.core.runtime import eval_mode
 
@@ -57,6 +68,15 @@ def _same(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def _move_state(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's optimiser state (Adam's moments) onto the parameter's device and
+    dtype; the step counters stay where the optimiser keeps them."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
+                state[key] = value.to(device=param.device, dtype=param.dtype)
+
+
 class InnerMaximizer(nn.Module):
     """Interface of every maximiser; see the module docstring.
 
@@ -67,13 +87,45 @@ class InnerMaximizer(nn.Module):
     process's rows into the global batch's mean. In one process they change nothing.
     ``networks`` names the maximiser's own trained networks (attributes), which
     data-parallel training wraps in DistributedDataParallel; none for the maximisers
-    without networks.
+    without networks. ``image_shape`` is the (C, H, W) of the images the networks were
+    built for (None in a place: any size there; None: any shape), ``built_for`` names the
+    maximiser and its sizes in messages.
+
+    ``maximizer(model, x, y)`` (:meth:`__call__`) is the entry: it checks the batch once
+    (:func:`~adt.core._checks.check_batch`, one host sync), makes the maximiser's
+    networks follow the classifier (:meth:`follow`), then runs :meth:`forward`.
     """
 
     epsilon: float
     networks: tuple[str, ...] = ()
     batch_share: float = 1.0
     global_mean: Callable[[torch.Tensor], torch.Tensor] = staticmethod(_same)
+    image_shape: tuple[int | None, ...] | None = None
+    built_for: str = ""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
+        """The maximiser's entry: :func:`~adt.core._checks.check_batch` (ValueError saying
+        what to fix), :meth:`follow`, then :meth:`forward` (through ``nn.Module``'s call,
+        hooks included)."""
+        check_batch(x, y, image_shape=self.image_shape, owner=self.built_for or
+                    type(self).__name__, model=model)
+        self.follow(model)
+        return super().__call__(model, x, y)
+
+    def follow(self, model: nn.Module) -> None:
+        """Move the maximiser's parameters and buffers, and the state of its optimisers, to
+        the device and floating dtype of the classifier's first floating weight (a
+        generator built on the CPU in float32 follows a float64 or CUDA classifier); a
+        no-op when they are there already, or either has no weights."""
+        target = first_float_weight(model)
+        own = first_float_weight(self)
+        if target is None or own is None or (own.device, own.dtype) == (target.device,
+                                                                         target.dtype):
+            return
+        self.to(device=target.device, dtype=target.dtype)
+        for optimizer in (v for v in vars(self).values()
+                          if isinstance(v, torch.optim.Optimizer)):
+            _move_state(optimizer)
 
     @property
     def passes_per_image(self) -> int:
@@ -125,8 +177,8 @@ class PGD(InnerMaximizer):
         return self.steps + 1  # one per ascent step, then the training pass
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AdversarialBatch:
-        # Eq. (2) through the attacks' own loop, without their per-call input checks (a host
-        # sync each); the settings were checked once, in __init__.
+        # Eq. (2) through the attacks' own loop, without their per-call checks: the settings
+        # were checked once, in __init__, and the batch once, at the entry (__call__).
         x = x.detach()
         start = uniform_start(x, self.epsilon) if self.random_start else x
         with eval_mode(model):

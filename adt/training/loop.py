@@ -69,8 +69,15 @@ def train_step(model: nn.Module, maximizer: InnerMaximizer, optimizer: torch.opt
                autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: inner maximisation (line 4), then one step on theta
     (line 5) and on the maximiser's own networks. Returns per-batch sums as device
-    tensors (no host sync): ``loss`` and ``train_accuracy`` times the batch size, and the
-    maximiser's stats likewise."""
+    tensors: ``loss`` and ``train_accuracy`` times the batch size, and the maximiser's
+    stats likewise.
+
+    The batch is checked once, at the maximiser's entry (:meth:`InnerMaximizer.__call__`,
+    the contract of the attacks and the tables, one host sync): ``x`` float images in
+    [0, 1] (not uint8, not [0, 255]: ``x.float() / 255``) on the classifier's device and
+    of its dtype, ``y`` one int64 label per image; a bad batch raises ValueError before
+    any step. The amortised maximisers' generators follow the classifier's device and
+    dtype."""
     with autocast():
         adv = maximizer(model, x, y)
         loss, logits = maximizer.outer_loss(model, x, y, adv)

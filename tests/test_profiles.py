@@ -28,8 +28,8 @@ def test_every_profile_validates_and_serialises(name: str) -> None:
     assert back["eval"]["pgd_steps"] == list(profile.eval.pgd_steps)
 
 
-def test_the_five_profiles() -> None:
-    assert set(PROFILES) == {"smoke", "quick", "fashion", "cifar", "paper"}
+def test_the_six_profiles() -> None:
+    assert set(PROFILES) == {"smoke", "quick", "fmnist", "fashion", "cifar", "paper"}
     smoke = get_profile("smoke")
     assert (smoke.dataset, smoke.model, smoke.recipe.epochs) == ("mnist5k", "small_cnn", 1)
     assert smoke.train_examples is not None and smoke.train_examples < 4000
@@ -39,6 +39,12 @@ def test_the_five_profiles() -> None:
     assert (fashion.dataset, fashion.model) == ("fashion_mnist", "preact_resnet18")
     assert fashion.train_examples is None  # the whole 60k
     assert fashion.train_epsilon == 0.1
+    # fmnist: quick's network, inner settings and evaluation on 4,000 Fashion-MNIST images
+    fmnist = get_profile("fmnist")
+    assert (fmnist.dataset, fmnist.model, fmnist.train_examples) == ("fashion_mnist",
+                                                                     "small_cnn", 4000)
+    assert fmnist.train_epsilon == 0.1
+    assert (fmnist.methods, fmnist.eval, fmnist.seeds) == (quick.methods, quick.eval, quick.seeds)
 
 
 def test_paper_profile_is_the_release_recipe() -> None:

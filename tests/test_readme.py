@@ -229,8 +229,10 @@ def test_the_front_page() -> None:
     assert "https://arxiv.org/abs/2002.05999" in text
     assert "https://github.com/dongyp13/Adversarial-Distributional-Training" in text
     assert "make reproduce" in text and "make test" in text
+    timing = (ROOT / "docs" / "reproduce.md").read_text(encoding="utf-8")
     for marker in ("<!-- timing -->", "<!-- study-timing -->"):
-        assert marker in text  # the lead's measurements go there
+        assert marker in timing  # the lead's measurements go there: their one home
+    assert "docs/reproduce.md" in text  # and the README links it
     linked = {(README.parent / link.partition("#")[0]).resolve() for link in _links(README)}
     docs = {p.resolve() for p in (ROOT / "docs").glob("*.md")} | {ROOT / "CONTRIBUTING.md"}
     assert docs <= linked, sorted(p.name for p in docs - linked)  # every doc is reachable
@@ -292,3 +294,30 @@ def test_results_block_lists_the_headline_claims(tmp_path: Path) -> None:
     block = results_block(figures)
     assert "| ADT_EXP is more robust than AT (PGD) | A_rob, budget study: 8 seeds |" in block
     assert "**inconclusive: budget-sensitive**" in block and "costs about" not in block
+
+
+def _layout_modules(text: str) -> set[str]:
+    """The modules of ``adt/`` that docs/layout.md's tree names, as paths ``adt/x/y.py``:
+    a line ``  name/`` opens a subpackage, ``    name.py`` names a module of the open one
+    (or of ``adt/`` itself at the first level); the shims' line names several."""
+    block = re.search(r"```\n(adt/.*?)```", text, re.S)
+    assert block, "docs/layout.md has no tree of adt/"
+    names, package = set(), None
+    for line in block.group(1).splitlines()[1:]:
+        if line and not line.startswith(" "):
+            break  # the next top-level folder: adt/ ends
+        if (match := re.match(r"^  (\w+)/\s", line + " ")):
+            package = match.group(1)
+        elif (match := re.match(r"^    ([\w]+\.py)\b", line)) and package:
+            names.add(f"adt/{package}/{match.group(1)}")
+        elif re.match(r"^  \w+\.py\b", line):
+            names |= {f"adt/{n}" for n in re.findall(r"\b(\w+\.py)\b", line)}
+    return names
+
+
+def test_the_layout_names_every_module_and_no_module_that_is_gone() -> None:
+    names = _layout_modules((ROOT / "docs" / "layout.md").read_text(encoding="utf-8"))
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "adt").rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "adt"}
+    assert sorted(modules - names) == [], "docs/layout.md does not name these modules"
+    assert sorted(names - modules) == [], "docs/layout.md names modules that are gone"

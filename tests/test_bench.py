@@ -3,7 +3,7 @@
 import json
 import math
 
-from adt.artifact import costs
+from adt.artifact import bench, costs
 from adt.artifact.bench import main
 from adt.artifact.costs import cost_ratios
 from adt.config.profiles import get_profile
@@ -68,3 +68,35 @@ def test_cost_ratios_rotate_the_order_every_repetition(monkeypatch):
     order = ["Clean", "PGD", "TRADES"]
     assert calls[:3] == order  # warm-up, then one step each, rotated by one every repetition
     assert calls[3:] == [*order, *order[1:], order[0], order[2], *order[:2], *order]
+
+
+def test_paper_flops_writes_both_configurations_and_the_claims(tmp_path, capsys, monkeypatch):
+    # the smoke profile stands in for the paper's (WRN-28-10: tests/test_costs_paper.py)
+    monkeypatch.setattr(bench, "PAPER_PROFILE", "smoke")
+    out = tmp_path / "flops-paper.json"
+    assert main(["--paper-flops", "--profile", "smoke", "--batch-size", "4",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["kind"] == "flops_paper" and result["environment"]["torch"]
+    for side in ("paper", "proxy"):
+        entry = result[side]
+        assert entry["counted_on"] == "meta" and entry["configuration"]["batch_size"] == 4
+        assert list(entry["methods"]) == list(METHODS)
+        assert entry["methods"]["pgd_at"]["ratio_to_pgd_at"] == 1.0
+        for row in entry["methods"].values():
+            assert row["flops_per_step"] > 0 and row["label"] in printed
+            assert row["ratio_to_pgd_at"] == row["flops_per_step"] / \
+                entry["methods"]["pgd_at"]["flops_per_step"]
+    assert result["proxy"]["meta_count_equals_cpu_count"] is True
+    claims = {c["method"]: c for c in result["claims"]}
+    assert set(claims) == {"adt_exp", "adt_exp_am", "adt_imp_am"}
+    assert claims["adt_exp"]["paper"]["claimed_ratio"] == get_profile("smoke").methods.adt_num_samples
+    for c in claims.values():
+        for side in ("paper", "proxy"):
+            row = c[side]
+            assert row["ratio"] == result[side]["methods"][c["method"]]["ratio_to_pgd_at"]
+            assert math.isclose(row["factor_from_claim"], max(row["ratio"] / row["claimed_ratio"],
+                                                              row["claimed_ratio"] / row["ratio"]))
+            assert row["within_margin"] == (row["factor_from_claim"] < result["margin_factor"])
+    assert "within x1.5" in printed

@@ -124,7 +124,7 @@ def test_read_trial_on_the_committed_budget_study() -> None:
     """The archive's 8- and 16-epoch runs (8 seeds) read as a two-budget trial: every pair
     judged on the same seeds, and the tables and the direction line built from them."""
     from adt.config.profiles import get_profile
-    from adt.study.trial import direction_line, effect_rows, method_rows, read_trial
+    from adt.study.trial_results import direction_line, effect_rows, method_rows, read_trial
     from adt.training.archive import ARCHIVE_ROOT
 
     trial = read_trial(get_profile("quick"), ARCHIVE_ROOT, range(8), budgets=(1, 2))

@@ -40,7 +40,7 @@ RECORDED_PACKAGES = ("torch", "torchvision", "torchattacks", "pyautoattack", "nu
                      "papermill", "nbclient", "ipykernel")
 
 #: The named profiles of ``adt.config.profiles`` (a test keeps the two lists equal).
-PROFILE_NAMES = ("smoke", "quick", "fashion", "cifar", "paper")
+PROFILE_NAMES = ("smoke", "quick", "fmnist", "fashion", "cifar", "paper")
 #: The profile whose outputs are committed: ``figures/`` and the executed ``notebooks/``.
 COMMITTED_PROFILE = "quick"
 #: Profiles whose outputs go to a temporary folder, never into the repository.

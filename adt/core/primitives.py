@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adt.core._checks import check_positive
+from adt.core._checks import check_batch, check_positive
 from adt.core.runtime import per_example
 
 __all__ = ["Loss", "Objective", "ce_sum", "ce_per_example", "cross_entropy", "margin",
@@ -172,27 +172,3 @@ def correct_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 # ----------------------------------------------------------------------------- input checks
-
-def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Images (B, ...) as finite floats in [0, 1] and B integer labels (checked before any
-    loop, with one host sync)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError(f"x must be a float tensor of images (B, C, H, W), got "
-                         f"{type(x).__name__} {getattr(x, 'dtype', '')} "
-                         f"{tuple(getattr(x, 'shape', ()))}; convert uint8 images with x.float() / 255")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x) or y.is_floating_point():
-        raise ValueError(f"y must hold one integer label per image ({len(x)}), got "
-                         f"{type(y).__name__} {getattr(y, 'dtype', '')} "
-                         f"{tuple(getattr(y, 'shape', ()))}; pass y as a LongTensor of shape (B,)")
-    # one host sync per attack call, outside every loop (training calls sign_ascent directly);
-    # NaN compares False with everything, so finiteness is checked on its own
-    if x.numel() and bool((x.amin() < 0) | (x.amax() > 1) | ~torch.isfinite(x).all()):
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            raise ValueError(f"x holds {int((~finite).sum())} non-finite values (NaN or inf) of "
-                             f"{x.numel()}: images must be finite floats in [0, 1]; find where "
-                             "the NaN comes from (a division by zero, a diverged model) and "
-                             "drop or fix those images")
-        raise ValueError(f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}], outside "
-                         "[0, 1]: attacks work on unnormalised images; put any normalisation "
-                         "inside the model")

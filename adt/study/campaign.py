@@ -43,7 +43,7 @@ from adt.config.provenance import REPO_ROOT
 from adt.method.methods import LABELS
 
 __all__ = ["BASELINES", "ADT_METHODS", "STUDY_METHODS", "HEADLINE_PAIRS", "BUDGETS",
-           "design_path", "make_design", "load_design", "study_profiles", "StudyJob",
+           "design_path", "make_design", "load_design", "needs_extension", "study_budgets", "study_profiles", "StudyJob",
            "study_jobs", "run_study", "main"]
 
 BASELINES = ("pgd_at", "trades")
@@ -127,11 +127,29 @@ def study_profiles(profile: Profile, seeds: Sequence[int],
     return [base.with_budget(f) for f in budgets]
 
 
+def needs_extension(profile: Profile, runs_root: str | Path = "data/runs") -> bool | None:
+    """The stopping rule at factor 4: True when some study method has not plateaued there
+    (all five then train at :data:`adt.study.trial.EXTENSION_BUDGET`), False when all have, None while a
+    run at factor 2 or 4 is missing."""
+    from adt.study.budget import complete_seeds, read_grids
+    from adt.study.trial import load_trial_design, plateau_gains
+
+    design = load_trial_design(profile)
+    if design is None:
+        return None
+    seeds = design["seeds"]
+    grids = read_grids(profile, STUDY_METHODS, seeds, (2, 4), runs_root)
+    if complete_seeds(grids, STUDY_METHODS, (2, 4)) != sorted(seeds):
+        return None
+    gains = plateau_gains(grids, STUDY_METHODS, seeds, 4)
+    return not all(g["plateaued"] for g in gains.values())
+
+
 def study_budgets(profile: Profile, runs_root: str | Path = "data/runs") -> tuple[int, ...]:
     """The budget factors the study trains: :data:`BUDGETS`, or, once the fair trial's design
     is recorded (:mod:`adt.study.trial`), its budgets and, when its stopping rule asks
-    (:func:`adt.study.trial.needs_extension`), the extension budget."""
-    from adt.study.trial import EXTENSION_BUDGET, load_trial_design, needs_extension
+    (:func:`needs_extension`), the extension budget."""
+    from adt.study.trial import EXTENSION_BUDGET, load_trial_design
 
     design = load_trial_design(profile)
     if design is None:

@@ -47,7 +47,7 @@ from adt.method.methods import LABELS, METHODS
 __all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
            "evaluation_jobs", "conditioning_jobs", "prepare", "prepare_conditioning",
            "JobsFailedError",
-           "worker_throughput", "main"]
+           "main"]
 
 #: The methods and the factor of chapter 6's budget check (the "stable under budget" gate).
 BUDGET_METHODS = ("pgd_at", "adt_exp")
@@ -308,37 +308,6 @@ def _outcomes(jobs: Sequence[Any], fn: Any, runs_root: str, force: bool, workers
                 yield index, None, error
 
 
-def _images_per_second(profile: Profile, method: str, steps: int) -> float:
-    from adt.artifact.costs import time_train_steps
-
-    row = time_train_steps(profile, (method,), batch_size=profile.recipe.batch_size_for(method),
-                           device="cpu", warmup=2, steps=steps, repeats=1, reference=False)[0]
-    return float(row["images_per_second"])
-
-
-def worker_throughput(profile: Profile, method: str = "pgd_at", workers: int | None = None,
-                      steps: int = 20, repeats: int = 3) -> dict[str, Any]:
-    """Training images per second of ``method`` on this CPU (random data of the profile's
-    shapes): one process on ``workers`` threads, against ``workers`` one-thread processes
-    stepping at once (their sum), alternated ``repeats`` times."""
-    import torch
-
-    workers = workers or os.cpu_count() or 1
-    threads = torch.get_num_threads()
-    one, many = [], []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
-        for _ in range(repeats):
-            torch.set_num_threads(workers)
-            one.append(_images_per_second(profile, method, steps))
-            many.append(sum(pool.map(_images_per_second, [profile] * workers,
-                                     [method] * workers, [steps] * workers)))
-    torch.set_num_threads(threads)
-    return {"profile": profile.name, "method": method, "workers": workers, "steps": steps,
-            "one_process_images_per_s": one, "workers_images_per_s": many,
-            "speedup": [b / a for a, b in zip(one, many, strict=True)]}
-
-
 def _parser() -> argparse.ArgumentParser:
     from adt.config.profiles import PROFILES
     from adt.core.commands import add_progress, add_runs_root, add_workers, command_parser
@@ -396,6 +365,8 @@ def _run(args: argparse.Namespace, profile: Profile) -> int:
         print(f"wrote {path}")
         return 0
     if args.measure:
+        from adt.artifact.throughput import worker_throughput
+
         result = worker_throughput(profile, workers=args.workers)
         print(f"{result['method']}: one process on {result['workers']} threads "
               + ", ".join(f"{v:.0f}" for v in result["one_process_images_per_s"])

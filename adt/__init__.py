@@ -25,6 +25,10 @@ On the artifact's profiles::
 
     run = adt.train("quick", "adt_exp", seed=0)      # or adt.load_run(...)
     table = adt.evaluate_run(run)                     # the profile's protocol, eval.json
+
+A committed model by name (docs/models.md lists them; read from ``data/archive/``)::
+
+    model = adt.load_model("quick", "adt_exp", seed=3, epochs=16)   # eval mode
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ _EXPORTS: dict[str, str | tuple[str, str]] = {
     "robustness_table": "adt.evaluation.engine",
     "standard_attacks": "adt.evaluation.protocol",
     "load_checkpoint": "adt.evaluation.checkpoints",
+    # the committed model zoo (data/archive/, docs/models.md): by name, and the list
+    "load_model": "adt.evaluation.checkpoints",
+    "archived_models": "adt.training.archive",
     "evaluate_checkpoint": "adt.evaluation.cli",
     # the inner maximisers, usable on any classifier and batch, and one training step
     "InnerMaximizer": "adt.method.inner",

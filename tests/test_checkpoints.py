@@ -20,6 +20,7 @@ from torch import nn
 from adt.config.profiles import EvalSettings
 from adt.core.models import PreActResNet18, SmallCNN, WideResNet
 from adt.evaluation.checkpoints import (
+    RELEASE_URL,
     infer_architecture,
     load_checkpoint,
     read_state_dict,
@@ -117,8 +118,38 @@ def test_a_missing_file_says_what_to_download_and_where(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         load_checkpoint(tmp_path / "adt_exp.pt")
     message = str(info.value)
-    assert "adt_exp.pt does not exist" in message and "data/release/" in message
-    assert "ADT_EXP-AM" in message
+    assert "adt_exp.pt does not exist" in message and "into data/release/" in message
+    assert "ADT_EXP-AM" in message and "adt-expam.pt" in message and "adt-impam.pt" in message
+    assert f"wget -P data/release {RELEASE_URL}adt-exp.pt" in message
+    assert "#pretrained-models" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["run.pt", "checkpoint.pt", "adt_exp-seed9"])
+def test_a_missing_run_points_at_the_runs_not_at_the_release(tmp_path: Path, name: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        load_checkpoint(tmp_path / name)
+    message = str(info.value)
+    assert "does not exist" in message and "data/archive/<profile folder>" in message
+    assert "docs/models.md" in message and "adt.load_model(" in message
+    assert "download" not in message  # the release's hint does not apply to a run
+
+
+def test_a_folder_without_a_checkpoint_says_what_to_pass(tmp_path: Path, wrn: WideResNet) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    with pytest.raises(FileNotFoundError, match="without a checkpoint.pt or run.pt and no .pt "
+                                                "file; download the authors' released"):
+        load_checkpoint(release)  # the release's folder, empty: what to download
+    torch.save(wrn.state_dict(), release / "adt-exp.pt")
+    with pytest.raises(FileNotFoundError, match=r"it holds adt-exp.pt: pass one of them, e\.g\. "
+                                                rf"--checkpoint {release}/adt-exp.pt"):
+        load_checkpoint(release)
+    other = tmp_path / "runs"
+    other.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        load_checkpoint(other)
+    assert "pass a run folder or a .pt file" in str(info.value)
+    assert "download" not in str(info.value)
 
 
 def test_another_architecture_is_named(tmp_path: Path) -> None:
@@ -180,6 +211,7 @@ def test_released_models_reports_presence_and_absence(tmp_path: Path, cifar_root
     assert not empty.ready and empty.files == ()
     summary = empty.summary()
     assert f"{tmp_path}/release/" in summary and "cifar-10-python.tar.gz" in summary
+    assert f"{RELEASE_URL}adt-exp.pt" in summary
     shown = empty.summary(relative_to=tmp_path.parent)
     assert str(tmp_path.parent) not in shown and f"{tmp_path.name}/release/" in shown
     assert f"{tmp_path.name}/cifar-10-batches-py/" in shown

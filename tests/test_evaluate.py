@@ -286,3 +286,49 @@ def test_bad_table_arguments_raise_helpful_errors() -> None:
             robustness_table(model, kwargs.pop("data"), kwargs.pop("attacks"), **kwargs)
     with pytest.raises(FileNotFoundError, match="evaluate the run first"):
         load_table("/nonexistent/run")
+
+
+def test_the_cost_table_counts_each_rows_passes_from_its_settings() -> None:
+    from adt.evaluation.protocol import (
+        LIBRARY_OVERHEAD,
+        SPSA_SAMPLE,
+        SQUARE_QUERY,
+        autoattack_protocol,
+        estimate_seconds,
+        row_passes,
+    )
+
+    specs = {s.name: s for s in standard_attacks(SETTINGS, EPS)}
+    assert row_passes(specs["Clean"]) == (0.0, 1.0)
+    assert row_passes(specs["FGSM"]) == (1.0, 1.0)
+    assert row_passes(specs["PGD-10"]) == (10.0, 1.0) and row_passes(specs["C&W"])[0] == 5
+    assert row_passes(specs["FeaAttack"]) == (2 * 5, 3)  # targets x steps
+    # AutoAttack "cheap": APGD-CE and APGD-T (targets) at 100 iterations; Square on survivors
+    assert row_passes(specs["APGD-CE+T"])[0] == 100 * (1 + 9) * LIBRARY_OVERHEAD
+    assert row_passes(specs["AutoAttack"])[0] == 5000 * SQUARE_QUERY
+    assert row_passes(specs["SPSA"])[0] == SPSA_SAMPLE * 3 * 32
+    restarts = SanityChecks.from_settings(SETTINGS, EPS).specs()["restarts"]
+    assert row_passes(restarts) == (2 * 5, 2)  # 2 restarts of PGD-5
+    original = autoattack_protocol(EPS)[1]
+    assert row_passes(original)[0] == (100 * 10 + 100 * 9) * LIBRARY_OVERHEAD + 5000 * SQUARE_QUERY
+    # seconds: passes x the timed pass, per batch of images; SPSA on its own 16 images
+    assert estimate_seconds([specs["PGD-10"]], 64, 64, (0.01, 0.001)) == pytest.approx(0.101)
+    assert estimate_seconds([specs["PGD-10"]], 128, 64, (0.01, 0.001)) == pytest.approx(0.202)
+    assert estimate_seconds([specs["SPSA"]], 64, 64, (0.01, 0.001)) == pytest.approx(
+        16 / 64 * (SPSA_SAMPLE * 96 * 0.01 + 0.001))
+
+
+def test_the_estimate_times_the_model_and_counts_the_sanity_runs() -> None:
+    from adt.evaluation.protocol import estimate_table, sanity_rows
+
+    model, data = trained_small_cnn()
+    x, y = data.test_tensors(16)
+    specs = white_box_attacks(SETTINGS, EPS)[:3]  # Clean, FGSM, PGD-5
+    checks = SanityChecks.from_settings(SETTINGS, EPS)
+    extra = sanity_rows(checks, specs)
+    assert [s.name for s in extra] == ["PGD-10", "PGD-5 x2 restarts", "PGD-10 at eps=0.5"]
+    estimate = estimate_table(model, x, y, specs, 16, checks)
+    assert estimate.batch == 16 and all(t > 0 for t in estimate.passes)
+    assert estimate.seconds > estimate.again(specs) > 0  # the sanity runs cost extra
+    assert "estimated time: about" in estimate.line() and "an estimate" in estimate.line()
+    assert model.training is False

@@ -1,4 +1,5 @@
-"""`make check-fresh`: the committed outputs must be those of the code in the tree."""
+"""`make check-fresh`: the committed outputs must be those of the code in the tree; and the
+batch's other checks before any work (its folders, what ``--retrain-chapters`` retrains)."""
 
 from __future__ import annotations
 
@@ -120,10 +121,13 @@ def test_clean_executed_drops_the_injected_cell_renumbers_and_drops_widget_state
 def test_an_orphan_is_named_with_what_to_do_and_the_check_fails(tmp_path, capsys, monkeypatch):
     import functools
 
-    from adt.artifact import pipeline
+    from adt.artifact import model_card, pipeline, readme
 
     root = tree(tmp_path)
     monkeypatch.setattr(pipeline, "check_fresh", functools.partial(check_fresh, root=root))
+    # the repository's own README blocks and model card are checked elsewhere
+    monkeypatch.setattr(readme, "stale_blocks", lambda *args, **kwargs: [])
+    monkeypatch.setattr(model_card, "stale_model_card", lambda *args, **kwargs: [])
     assert pipeline.main(["--check-fresh"]) == 0
     (root / "figures" / "tables").mkdir()
     orphan = root / "figures" / "tables" / "tab04_old.md"
@@ -194,3 +198,55 @@ def test_runs_an_artefact_lists_in_the_output_folder_are_not_orphans(tmp_path):
     (out / "MANIFEST.json").write_text(json.dumps({"artefacts": {"fig": {
         "files": ["fig.png"], "runs": ["<output>/runs/r1", "data/runs/elsewhere"]}}}))
     assert provenance.orphans(out) == [out / "runs" / "r2" / "history.json"]
+
+
+# --- the batch's other checks before any work -------------------------------------------------
+
+def _pipeline_error(argv: list[str], capsys) -> str:
+    from adt.artifact import pipeline
+
+    assert pipeline.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("python -m adt.pipeline: error: ")
+    return err
+
+
+def test_unwritable_and_missing_folders_are_refused_before_any_work(tmp_path, capsys,
+                                                                   monkeypatch):
+    from adt.artifact import pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the batch started")
+
+    monkeypatch.setattr(pipeline, "_sigint_raises", no_work)
+    assert "--output-dir /proc/nope cannot be written" in _pipeline_error(
+        ["--output-dir", "/proc/nope"], capsys)
+    assert "--executed-dir /proc/x cannot be written" in _pipeline_error(
+        ["--executed-dir", "/proc/x"], capsys)
+    assert "--notebooks-dir /nonexistent does not exist" in _pipeline_error(
+        ["--notebooks-dir", "/nonexistent"], capsys)
+    (tmp_path / "file").write_text("x")
+    assert "is a file, not a folder" in _pipeline_error(
+        ["--notebooks-dir", str(tmp_path / "file")], capsys)
+    assert "cannot be written" in _pipeline_error(
+        ["--output-dir", str(tmp_path / "file" / "out")], capsys)
+    pipeline.check_paths(tmp_path / "new" / "out", tmp_path, None)  # creatable: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probes left nothing
+
+
+def test_retrain_chapters_says_what_it_retrains_and_how_long_before_it_starts() -> None:
+    from adt.artifact.model_card import RETRAIN_HELP, retrain_plan
+    from adt.artifact.pipeline import _parser
+
+    lines = retrain_plan("quick", 2)
+    assert len(lines) == 2 and all(line.startswith("[adt.pipeline] ") for line in lines)
+    assert "retraining the chapters' 20 runs of 'quick'" in lines[0]
+    assert "not the budget study's" in lines[0] and "archive_root=" in lines[0]
+    assert "docs/reproduce.md" in lines[0]
+    assert "expected: about" in lines[1] and " h (an estimate" in lines[1]
+    one = retrain_plan("quick", 0)[1]  # the notebooks do the work: one process
+    assert "shared by 1 process(es)" in one
+    action = next(a for a in _parser()._actions if a.dest == "force_retrain")
+    assert action.option_strings == ["--retrain-chapters", "--force-retrain"]
+    assert action.help == RETRAIN_HELP and "not the budget study's" in RETRAIN_HELP

@@ -2,21 +2,18 @@
 
     python -m adt.pipeline --profile quick --device auto      # what `make reproduce` runs
 
-The batch is transactional. The profile, the device and the notebook names are checked
-before anything is touched. The notebooks execute into a temporary folder, and their
-figures, tables and executed copies are moved into place only when every notebook has
-succeeded. The manifest is merged: entries of notebooks outside the batch stay. A failing
-cell or Ctrl-C stops the batch, leaves every file of the repository as it was and says so.
-
-Executed notebooks go back into ``notebooks/`` (the committed ones) only under the
-committed profile (``quick``); other profiles write them to ``<output>/notebooks/`` (or
-``--executed-dir``). They are written without papermill's injected-parameters cell (see
-:func:`clean_executed`). Artefacts go to the profile's output folder and are listed in its
-``MANIFEST.json``. Finished runs in ``data/runs/`` are reused unless ``--force-retrain``.
-
-Progress: jobs done of total in the CPU stage (:mod:`adt.artifact.prepare`), then the
-notebook and its cell, with elapsed time and an ETA; live on a terminal, a line a minute
-otherwise, none with ``--no-progress`` or ``ADT_PROGRESS=0``.
+The batch is transactional: the profile, the device, the notebooks and the folders are
+checked before anything is touched; the notebooks execute into a temporary folder, and
+their figures, tables and executed copies move into place only when every notebook has
+succeeded (the manifest is merged: entries of notebooks outside the batch stay). A failing
+cell or Ctrl-C stops the batch, leaves every file as it was and says so. Executed notebooks
+go back into ``notebooks/`` only under the committed profile (``quick``), else to
+``<output>/notebooks/`` (or ``--executed-dir``), without papermill's injected cell
+(:func:`clean_executed`). Finished runs (``data/runs/``, ``data/archive/``) are reused unless
+``--retrain-chapters`` (``--force-retrain``): the chapters' runs, not the budget study's.
+The model card ``docs/models.md`` follows the archive (:mod:`adt.artifact.model_card`).
+Progress: jobs done in the CPU stage (:mod:`adt.artifact.prepare`), then the notebook and
+its cell, elapsed and ETA; none with ``--no-progress`` or ``ADT_PROGRESS=0``.
 """
 
 from __future__ import annotations
@@ -61,14 +58,10 @@ class PipelineInterrupted(KeyboardInterrupt):
 
 
 def clean_executed(path: str | Path) -> None:
-    """Make an executed notebook fit to commit and to run again under nbval.
-
-    Papermill adds a cell with the injected parameters: it is dropped, so the notebook's
-    own ``parameters`` cell (whose defaults read ``ADT_PROFILE`` etc.) rules when it runs
-    again; the profile that produced the outputs stays in the metadata and in every
-    figure's caption. Absolute paths, per-cell timings and widget state are removed from
-    the metadata, and the execution counts are renumbered 1, 2, ... in order.
-    """
+    """Make an executed notebook fit to commit and to run again under nbval: papermill's
+    injected-parameters cell is dropped (the notebook's own ``parameters`` cell rules when
+    it runs again; the profile stays in the metadata and every caption), absolute paths,
+    timings and widget state leave the metadata, execution counts are renumbered 1, 2, ..."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -76,14 +69,13 @@ def clean_executed(path: str | Path) -> None:
                 if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     count = 0
     for c in nb.cells:
-        c.get("metadata", {}).pop("papermill", None)
-        c.get("metadata", {}).pop("execution", None)
+        for key in ("papermill", "execution"):
+            c.get("metadata", {}).pop(key, None)
         if c.get("cell_type") == "code" and c.get("execution_count") is not None:
             count += 1  # consecutive again once the injected cell is gone
             c["execution_count"] = count
-            for output in c.get("outputs", []):
-                if "execution_count" in output:
-                    output["execution_count"] = count
+            for output in (o for o in c.get("outputs", []) if "execution_count" in o):
+                output["execution_count"] = count
     nb.metadata.pop("widgets", None)  # progress-bar widget state: noise in a static viewer
     meta = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path", "start_time", "end_time", "duration"):
@@ -91,16 +83,10 @@ def clean_executed(path: str | Path) -> None:
     meta.get("parameters", {}).pop("output_dir", None)
     nbformat.write(nb, path)
 
-# ----------------------------------------------------------------------------- execution
 
 @contextmanager
-def _sigint_deferred(state: dict[str, bool]) -> Iterator[None]:
-    """Hold Ctrl-C back during a short step that must not stop half-way (moving results
-    into place, moving the runs folder back); ``state['deferred']`` says it came."""
-
-    def handler(signum: int, frame: Any) -> None:
-        state["deferred"] = True
-
+def _on_sigint(handler: Any) -> Iterator[None]:
+    """Ctrl-C calls ``handler(signum, frame)`` inside (in the main thread; else no change)."""
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
@@ -113,6 +99,14 @@ def _sigint_deferred(state: dict[str, bool]) -> Iterator[None]:
 
 
 @contextmanager
+def _sigint_deferred(state: dict[str, bool]) -> Iterator[None]:
+    """Hold Ctrl-C back during a short step that must not stop half-way (moving results
+    into place, moving the runs folder back); ``state['deferred']`` says it came."""
+    with _on_sigint(lambda signum, frame: state.__setitem__("deferred", True)):
+        yield
+
+
+@contextmanager
 def _sigint_raises() -> Iterator[dict[str, bool]]:
     """While the batch runs, Ctrl-C raises :class:`PipelineInterrupted` in this process and
     is remembered (``state['interrupted']``), even when a library swallows the exception."""
@@ -122,32 +116,22 @@ def _sigint_raises() -> Iterator[dict[str, bool]]:
         state["interrupted"] = True
         raise PipelineInterrupted
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: signals go elsewhere
+    with _on_sigint(handler):
         yield state
-        return
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _keep_failed(executed: Path) -> Path:
     """A copy of a failed executed notebook in this checkout's temporary folder."""
-    folder = Path(tempfile.gettempdir()) / f"adt-failed-{checkout_tag()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    kept = folder / executed.name
-    shutil.copyfile(executed, kept)
-    return kept
+    kept = Path(tempfile.gettempdir()) / f"adt-failed-{checkout_tag()}" / executed.name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(executed, kept))
 
 
 def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrain: bool,
              log_output: bool, state: dict[str, bool], progress: bool = False
              ) -> dict[str, float]:
-    """Execute the batch into the staging folders; returns the seconds per notebook.
-    A line per notebook; with ``progress``, the cell running, elapsed and an ETA too
-    (:class:`adt.artifact.batch_progress.NotebookProgress`)."""
+    """Execute the batch into the staging folders; returns the seconds per notebook (a line
+    each; with ``progress``, the cell, elapsed and ETA: ``NotebookProgress``)."""
     import papermill as pm
 
     from adt.artifact.batch_progress import NotebookProgress
@@ -189,15 +173,13 @@ def _execute(plan: PipelinePlan, staged_out: Path, staged_nb: Path, force_retrai
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:
-    data = source.read_bytes()
-    atomic_write(destination, lambda f: f.write(data))
+    atomic_write(destination, lambda f: f.write(source.read_bytes()))
 
 
 def _seed(plan: PipelinePlan, staged_out: Path) -> None:
     """Let a partial batch see the outputs of the notebooks outside it (a later chapter may
-    check or reuse them): their manifest entries and files are copied into the staging
-    folder first."""
-    # the entries the final merge keeps: those of the notebooks outside the batch
+    check or reuse them): their manifest entries (those the final merge keeps) and files
+    are copied into the staging folder first."""
     kept = merge_manifests(read_manifest(plan.output), {}, plan.notebooks)["artefacts"]
     for entry in kept.values():
         for rel in entry.get("files", []):
@@ -213,9 +195,8 @@ def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:
         rel = path.relative_to(staged_out)
         if path.is_file() and rel.parts[0] != "runs" and rel != Path(MANIFEST):
             _copy_atomically(path, plan.output / rel)
-    merged = merge_manifests(read_manifest(plan.output), read_manifest(staged_out),
-                             plan.notebooks)
-    manifest_path = write_json(merged, plan.output / MANIFEST)
+    manifest_path = write_json(merge_manifests(read_manifest(plan.output), read_manifest(
+        staged_out), plan.notebooks), plan.output / MANIFEST)
     for name in plan.notebooks:
         _copy_atomically(staged_nb / f"{name}.ipynb", plan.target / f"{name}.ipynb")
     return manifest_path
@@ -224,11 +205,8 @@ def _install(plan: PipelinePlan, staged_out: Path, staged_nb: Path) -> Path:
 @contextmanager
 def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path, Path]]:
     """Temporary folders for the artefacts and the executed notebooks, removed afterwards.
-
-    Under a temporary profile the notebooks keep their runs in ``<output>/runs``: that
-    folder is moved into the staging folder (a sibling of the output folder, so that the
-    move is a rename) for the batch and back afterwards, whatever happens.
-    """
+    Under a temporary profile the notebooks keep their runs in ``<output>/runs``: moved into
+    the staging folder (a sibling, so a rename) for the batch and back, whatever happens."""
     if plan.runs_in_output:
         plan.output.parent.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.staging-",
@@ -253,10 +231,9 @@ def _staging(plan: PipelinePlan, state: dict[str, bool]) -> Iterator[tuple[Path,
 
 def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool,
              progress: bool = False, measured: dict[str, float] | None = None) -> bool:
-    """Run :func:`adt.artifact.prepare.prepare` when it helps (a CPU, 2+ workers, runs kept in
-    ``data/runs``, the repository's own chapters: it prepares the runs *they* read);
-    returns whether it ran. Its ETA starts from :func:`~adt.artifact.batch_progress.prepare_prior`;
-    ``measured`` gets :func:`~adt.artifact.batch_progress.kept_rates` for the manifest."""
+    """Run :func:`adt.artifact.prepare.prepare` when it helps (a CPU, 2+ workers, runs in
+    ``data/runs``, the repository's own chapters), returning whether it ran; ``measured``
+    gets :func:`~adt.artifact.batch_progress.kept_rates` for the manifest."""
     workers = (os.cpu_count() or 1) if workers is None else workers
     if plan.runs_in_output or workers < 2 or plan.source.resolve() != COMMITTED_NOTEBOOKS:
         return False
@@ -280,6 +257,26 @@ def _prepare(plan: PipelinePlan, workers: int | None, force_retrain: bool,
     return True
 
 
+def check_paths(output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
+                notebooks_dir: str | Path | None = None) -> None:
+    """The folders of a batch, checked before any work (a ValueError names the folder): the
+    notebooks' folder exists; a probe file can be made where the others go."""
+    if notebooks_dir is not None and not Path(notebooks_dir).is_dir():
+        what = "is a file, not a folder" if Path(notebooks_dir).exists() else "does not exist"
+        raise ValueError(f"--notebooks-dir {notebooks_dir} {what}; give the folder of the "
+                         f"notebooks ({', '.join(NOTEBOOKS)}), e.g. notebooks/")
+    for path, option in ((output_dir, "--output-dir"), (executed_dir, "--executed-dir")):
+        where = Path(path or ".").absolute()
+        existing = next(p for p in (where, *where.parents) if p.exists())
+        try:
+            if path:
+                tempfile.TemporaryFile(dir=existing).close()  # a probe: leaves nothing behind
+        except OSError as err:
+            raise ValueError(f"{option} {path} cannot be written ({err.strerror or err}: "
+                             f"{existing}); give a folder you can write, e.g. /tmp/adt-out"
+                             ) from None
+
+
 def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  output_dir: str | Path | None = None, executed_dir: str | Path | None = None,
                  force_retrain: bool = False, notebooks: tuple[str, ...] = NOTEBOOKS,
@@ -287,17 +284,21 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
                  workers: int | None = 0, progress: bool = False) -> Path:
     """Execute ``notebooks`` (names in ``notebooks_dir``, default ``notebooks/``) in order
     and, once all have succeeded, move their results into place (:func:`plan_pipeline`
-    says where); return the path of the merged manifest. A failing cell raises
-    :class:`PipelineError`, Ctrl-C :class:`PipelineInterrupted`; either way nothing is
-    moved into place.
+    says where); return the merged manifest's path. A failing cell raises
+    :class:`PipelineError`, Ctrl-C :class:`PipelineInterrupted`: nothing is moved then.
 
     On a CPU, a committed profile's runs are first trained and evaluated in ``workers``
-    one-thread processes by :mod:`adt.artifact.prepare` (None: one per core, what the
-    command line asks for by default; 0 or 1, the default here: none); the notebooks then
-    reuse them. With ``progress`` the batch shows where it is. The manifest records the
-    batch and its package versions; the README's and REPRODUCTION's generated blocks follow
-    the committed outputs (:func:`adt.artifact.readme.write_blocks`)."""
+    one-thread processes (:mod:`adt.artifact.prepare`; None: one per core, the command
+    line's default; 0 or 1: none); the notebooks reuse them. The manifest records the
+    batch; the README's and REPRODUCTION's blocks follow the committed outputs
+    (:func:`adt.artifact.readme.write_blocks`), the model card the archive.
+    ``force_retrain``: the chapters' runs, announced with the hours expected
+    (:func:`adt.artifact.model_card.retrain_plan`)."""
+    check_paths(output_dir, executed_dir, notebooks_dir)
     plan = plan_pipeline(profile, device, output_dir, executed_dir, notebooks, notebooks_dir)
+    if force_retrain:
+        from adt.artifact.model_card import retrain_plan
+        print(*retrain_plan(plan.profile, workers), sep="\n", flush=True)
     with _sigint_raises() as state, _staging(plan, state) as (staged_out, staged_nb):
         measured: dict[str, float] = {}
         if _prepare(plan, workers, force_retrain, progress, measured):
@@ -312,8 +313,10 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
         with _sigint_deferred(state):
             manifest_path = _install(plan, staged_out, staged_nb)
             if plan.output == default_output_dir(COMMITTED_PROFILE):  # README, REPRODUCTION
+                from adt.artifact.model_card import write_model_card
                 from adt.artifact.readme import write_blocks
                 write_blocks(figures_dir=plan.output)
+                write_model_card()  # docs/models.md: the committed archive
     if state.get("deferred"):
         print("[adt.pipeline] Ctrl-C came while the finished batch was moved into place; it "
               "was completed first", file=sys.stderr)
@@ -323,24 +326,25 @@ def run_pipeline(profile: str = COMMITTED_PROFILE, device: str = "auto",
 
 
 def _report_freshness(output_dir: str | None, notebooks_dir: str | None) -> int:
+    from adt.artifact.model_card import stale_model_card
     from adt.artifact.readme import stale_blocks
 
     problems = check_fresh(Path(output_dir) if output_dir else None,
                            Path(notebooks_dir) if notebooks_dir else None)
-    problems += stale_blocks() if output_dir is None else []
+    problems += stale_blocks() + stale_model_card() if output_dir is None else []
     for problem in problems:
         print(f"[adt.pipeline] stale: {problem}")
     if problems:
-        print(f"[adt.pipeline] {len(problems)} problem(s): the committed outputs are not those "
-              "of the code in the tree; run `make reproduce` (it does not delete orphans: "
-              "delete each orphan named above, or regenerate it)", file=sys.stderr)
+        print(f"[adt.pipeline] {len(problems)} problem(s): the committed outputs are not those of "
+              "the tree; run `make reproduce` and delete each orphan named above", file=sys.stderr)
         return 1
-    print("[adt.pipeline] fresh: every committed figure, table and notebook was produced by "
-          "the code in the tree, and every file of the output folder is listed in its manifest")
+    print("[adt.pipeline] fresh: the committed figures, tables, notebooks and docs/models.md "
+          "are those of the code and archive in the tree, and the manifest lists every file")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    from adt.artifact.model_card import RETRAIN_HELP
     from adt.core.commands import add_progress, add_workers, command_parser
 
     parser = command_parser("pipeline", __doc__.split("\n\n")[0])
@@ -348,24 +352,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="the profile whose tables and figures are regenerated")
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where the notebooks train and attack (auto: the profile's)")
-    parser.add_argument("--output-dir", default=None,
-                        help="artefacts' folder (default: the profile's)")
+    parser.add_argument("--output-dir", default=None, help="artefacts' folder (default: the "
+                        "profile's)")
     parser.add_argument("--executed-dir", default=None,
                         help="executed notebooks' folder (default: notebooks/ for "
                              f"{COMMITTED_PROFILE!r}, <output>/notebooks otherwise)")
-    parser.add_argument("--notebooks-dir", default=None,
-                        help="run the notebooks of this folder instead of notebooks/ (default: "
-                             "notebooks/)")
-    parser.add_argument("--force-retrain", action="store_true",
-                        help="retrain every run instead of reusing the finished ones")
+    parser.add_argument("--notebooks-dir", default=None, help="run the notebooks of this "
+                        "folder instead of notebooks/ (default: notebooks/)")
+    parser.add_argument("--retrain-chapters", "--force-retrain", dest="force_retrain",
+                        action="store_true", help=RETRAIN_HELP)
     add_workers(parser, "on a CPU, train and evaluate the runs first in this many one-thread "
-                        "processes (python -m adt.prepare); 0: no worker processes, the "
-                        "notebooks train and evaluate the runs themselves (1 does the same: "
-                        "one worker is slower than the notebook's threads)")
-    parser.add_argument("--check-fresh", action="store_true",
-                        help="run nothing; say whether the committed figures, tables and "
-                             "notebooks were produced by the code in the tree and no file of "
-                             "the output folder is missing from its manifest (exit 1 if not)")
+                        "processes (python -m adt.prepare); 0: no worker processes, the notebooks "
+                        "train and evaluate the runs themselves (1 too: slower than threads)")
+    parser.add_argument("--check-fresh", action="store_true", help="run nothing; say whether "
+                        "the committed figures, tables, notebooks and docs/models.md are those "
+                        "of the code and archive in the tree, every file in its manifest "
+                        "(exit 1 if not)")
     parser.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), metavar="NAME",
                         help="names, in order")
     add_progress(parser)
@@ -373,8 +375,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m adt.pipeline``: bad input is refused before anything is touched (exit
-    code 2), a failing notebook is exit code 1, Ctrl-C 130."""
+    """``python -m adt.pipeline``: bad input is refused before anything is touched (exit 2),
+    a failing notebook is exit code 1, Ctrl-C 130."""
     args = _parser().parse_args(argv)
     if args.check_fresh:
         return _report_freshness(args.output_dir, args.notebooks_dir)
@@ -391,9 +393,8 @@ def main(argv: list[str] | None = None) -> int:
               "the notebooks, figures and manifest are as they were", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("[adt.pipeline] interrupted (Ctrl-C): stopped; nothing was moved into place, so "
-              "the notebooks, figures and manifest are as they were (finished training epochs "
-              "stay in the runs folder and resume next time)", file=sys.stderr)
+        print("[adt.pipeline] interrupted (Ctrl-C): stopped; the notebooks, figures and manifest "
+              "are as they were (finished training epochs resume next time)", file=sys.stderr)
         return 130
     return 0
 

@@ -1,4 +1,5 @@
-"""Classifier checkpoints of any origin: the authors' released models and our runs.
+"""Classifier checkpoints of any origin: the authors' released models, our runs and the
+committed model zoo.
 
 :func:`load_checkpoint` reads a ``.pt`` file (or a run folder) and returns the classifier
 it holds, its architecture read from the tensors' names and shapes
@@ -11,15 +12,21 @@ it holds, its architecture read from the tensors' names and shapes
 
 A released file may be a bare ``state_dict`` or one wrapped under ``state_dict``,
 ``model``, ``net`` or ``model_state_dict``, its keys with the ``module.`` prefix of
-``nn.DataParallel``; our runs' ``checkpoint.pt`` (:mod:`adt.training.runs`) is recognised by its
-format and its identity (profile, method, seed) kept. :func:`released_models` says
-whether the release's files (``<data root>/release/*.pt``) and CIFAR-10 are on disk,
+``nn.DataParallel``; our runs' ``checkpoint.pt`` (:mod:`adt.training.runs`) and the committed
+runs' ``run.pt`` (:mod:`adt.training.archive`) are recognised by their format, and their
+identity (profile, dataset, method, seed, epochs) is kept. Every file is read with torch's
+weights-only unpickler (:func:`adt.training.archive.load_tensors`): tensors, containers and
+numbers, never an object that could run code.
+
+:func:`load_model` loads a committed run by name (profile, method, seed, epochs), as
+RobustBench's ``load_model`` does: ``docs/models.md`` lists them. :func:`released_models`
+says whether the release's files (``<data root>/release/*.pt``) and CIFAR-10 are on disk,
 and what to download where when they are not.
 """
 
 from __future__ import annotations
 
-import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,28 +37,72 @@ from torch import nn
 
 from adt.core.data import DATASETS, DatasetNotFoundError, load_dataset
 from adt.core.models import MODELS
+from adt.training.archive import (
+    ARCHIVE_ROOT,
+    ARCHIVED,
+    UnsafeCheckpointError,
+    find_archived,
+    load_tensors,
+)
 from adt.training.runs import CHECKPOINT
 
 __all__ = ["Architecture", "LoadedCheckpoint", "ReleaseStatus", "RELEASE_FOLDER", "SUPPORTED",
-           "read_state_dict", "infer_architecture", "load_checkpoint", "released_models"]
+           "RELEASE_FILES", "read_state_dict", "infer_architecture", "check_dataset",
+           "load_checkpoint", "load_model", "released_models", "download_hint"]
 
 #: Where under the data root the release's files go.
 RELEASE_FOLDER = "release"
-#: The release's repository (its README links the trained models).
+#: The release's repository; its README ("Pretrained Models") links the trained models.
 RELEASE_REPOSITORY = "https://github.com/dongyp13/Adversarial-Distributional-Training"
+#: Where the release's README says the CIFAR-10 models are, and their files by method.
+RELEASE_URL = "http://ml.cs.tsinghua.edu.cn/~yinpeng/downloads/ADT-models/"
+RELEASE_FILES = {"ADT_EXP": "adt-exp.pt", "ADT_EXP-AM": "adt-expam.pt",
+                 "ADT_IMP-AM": "adt-impam.pt"}
 SUPPORTED = ("WideResNet in the release's layout (conv1, block1-3.layer.i, bn1, fc; any "
              "depth 6n+4 and widen factor), PreActResNet18 and SmallCNN of adt.core.models")
 _WRAPPERS = ("state_dict", "model", "net", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel, torch.compile
+_RUN_FOLDER = re.compile(r".+-seed\d+$")
+#: Where the committed runs are and how to name one: the hint for a run that is not there.
+COMMITTED_HINT = ("the committed runs are data/archive/<profile folder>/<dataset>/<method>-"
+                  "seed<k> (a folder, or its run.pt), listed in docs/models.md; load one by "
+                  "name with adt.load_model('quick', 'adt_exp', seed=0, epochs=8); your own "
+                  "runs are data/runs/<profile folder>/<dataset>/<method>-seed<k>")
 
 
-def _download_hint(root: Path | str = "data", runs: bool = True) -> str:
+def download_hint(root: Path | str = "data") -> str:
+    """What to download where for the authors' released CIFAR-10 models (one line)."""
     folder = Path(root) / RELEASE_FOLDER
-    hint = (f"download the authors' released CIFAR-10 models (ADT_EXP, ADT_EXP-AM, ADT_IMP-AM, "
-            f"the .pt files linked from {RELEASE_REPOSITORY}) into {folder}/ (any names ending "
-            f"in .pt, e.g. {folder}/adt_exp.pt)")
-    return hint + (f", or pass a run folder of this artifact (data/runs/<profile>/<dataset>/"
-                   f"<method>-seed<k>) or its {CHECKPOINT}" if runs else "")
+    files = ", ".join(f"{name}" for name in RELEASE_FILES.values())
+    return (f"download the authors' released CIFAR-10 models (WideResNet-28-10 of ADT_EXP, "
+            f"ADT_EXP-AM and ADT_IMP-AM: {files}, linked from {RELEASE_REPOSITORY}"
+            f"#pretrained-models) into {folder}/, e.g. wget -P {folder} "
+            f"{RELEASE_URL}{RELEASE_FILES['ADT_EXP']} (any name ending in .pt is read)")
+
+
+def _is_run_path(path: Path) -> bool:
+    """Whether ``path`` names one of our runs (a run folder, its checkpoint.pt or run.pt)."""
+    return path.name in (CHECKPOINT, ARCHIVED) or bool(_RUN_FOLDER.match(path.name))
+
+
+def _missing_hint(path: Path) -> str:
+    """The hint for a checkpoint that is not there: where our runs are for a run's path,
+    what to download where for any other ``.pt``."""
+    if _is_run_path(path):
+        return COMMITTED_HINT
+    return f"{download_hint()}; or pass a run of this artifact ({COMMITTED_HINT})"
+
+
+def _folder_problem(path: Path) -> str:
+    """Why the folder ``path`` cannot be read, and what to pass instead."""
+    files = sorted(p.name for p in path.glob("*.pt"))
+    what = f"{path} is a folder without a {CHECKPOINT} or {ARCHIVED}"
+    if files:
+        return (f"{what}; it holds {', '.join(files[:6])}: pass one of them, e.g. "
+                f"--checkpoint {path / files[0]}")
+    if path.name == RELEASE_FOLDER:
+        return f"{what} and no .pt file; {download_hint(path.parent)}"
+    return f"{what}; pass a run folder or a .pt file: {COMMITTED_HINT}"
 
 
 @dataclass(frozen=True)
@@ -108,40 +159,51 @@ def _strip(key: str) -> str:
     return key
 
 
+def _resolve(path: Path) -> Path:
+    """The file to read for ``path``: itself, or a run folder's ``checkpoint.pt`` (a run of
+    ``data/runs``) or ``run.pt`` (a committed run); FileNotFoundError saying what to pass."""
+    if path.is_dir():
+        found = next((path / n for n in (CHECKPOINT, ARCHIVED) if (path / n).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(_folder_problem(path))
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; {_missing_hint(path)}")
+    return path
+
+
+def _run_meta(blob: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's ``checkpoint.pt`` or ``run.pt`` says about it: its identity, final epoch
+    and, when its metrics are in it, its epochs and profile folder."""
+    identity, metrics = blob["identity"], blob.get("metrics") or {}
+    meta = {"layout": "run", "epoch": blob.get("epoch"),
+            **{k: identity.get(k) for k in ("profile", "dataset", "method", "seed")}}
+    meta.update({k: metrics[k] for k in ("epochs", "profile_folder") if k in metrics})
+    return meta
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The classifier's ``state_dict`` in ``path`` (a ``.pt`` file or a run folder) with
     the prefixes of DataParallel and torch.compile removed, and what the file says about
     the run (empty for a released file; ``layout`` says which kind the file is).
 
-    Released files are read with ``weights_only=True``; only a file named
-    ``checkpoint.pt`` (our runs', which also hold RNG states) falls back to full
-    unpickling, so trust such files only from this artifact."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{path} is a folder without a {CHECKPOINT}; pass a run folder "
-                                    f"of this artifact or a .pt file: {_download_hint()}")
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; {_download_hint()}")
+    Every file is read with torch's weights-only unpickler
+    (:func:`adt.training.archive.load_tensors`); one holding other Python objects is
+    refused with a ValueError naming the first."""
+    path = _resolve(Path(path))
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if path.name != CHECKPOINT:
-            raise ValueError(f"{path} holds Python objects besides tensors, so it is not read "
-                             f"(only plain state_dicts are, for safety: {err}); save the "
-                             "model's state_dict alone with torch.save(model.state_dict(), "
-                             "path)") from err
-        blob = _load(path, weights_only=False)
+        blob = load_tensors(path)
+    except UnsafeCheckpointError:  # the message says what, and what to do
+        raise
     except Exception as err:  # truncated, not a torch file
+        fix = ("restore it: git checkout -- " + str(path) if path.name == ARCHIVED
+               else "download it again")
         raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: "
-                         f"{err}); the file is truncated or of another format: download it "
-                         "again") from err
+                         f"{str(err).splitlines()[0][:200]}); the file is truncated or of another "
+                         f"format: {fix}") from err
     meta: dict[str, Any] = {"layout": "release"}
     if isinstance(blob, Mapping) and "identity" in blob and "format" in blob:
-        identity = blob["identity"]
-        meta = {"layout": "run", "epoch": blob.get("epoch"),
-                **{k: identity.get(k) for k in ("profile", "dataset", "method", "seed")}}
+        meta = _run_meta(blob)
     state = _unwrap(blob)
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
@@ -150,14 +212,6 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ValueError(f"{path} holds no state_dict of tensors (found {found}); supported: a "
                          f"state_dict, bare or under one of {list(_WRAPPERS)}, of a {SUPPORTED}")
     return {_strip(str(k)): v for k, v in state.items()}, {**meta, "path": str(path)}
-
-
-def _load(path: Path, weights_only: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: "
-                         f"{err}); the file is truncated or of another format") from err
 
 
 def _stage_depth(state: Mapping[str, torch.Tensor], stage: str) -> int:
@@ -205,7 +259,9 @@ def infer_architecture(state: Mapping[str, torch.Tensor],
                      "adt.robustness_table(model, data, attacks)")
 
 
-def _check_dataset(arch: Architecture, dataset: str, path: Path) -> None:
+def check_dataset(arch: Architecture, dataset: str, path: Path | str) -> None:
+    """A ValueError naming both when ``arch`` does not fit ``dataset``'s classes or images
+    (or when ``dataset`` is unknown)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
@@ -223,18 +279,20 @@ def _check_dataset(arch: Architecture, dataset: str, path: Path) -> None:
 
 def load_checkpoint(path: str | Path, dataset: str | None = None, *,
                     device: torch.device | str = "cpu") -> LoadedCheckpoint:
-    """The classifier in ``path`` (a released ``.pt`` file, our ``checkpoint.pt`` or a run
-    folder) on ``device``, in eval mode. With ``dataset``, its classes and input shape
-    must be the dataset's (a ValueError names both otherwise)."""
+    """The classifier in ``path`` (a released ``.pt`` file, our ``checkpoint.pt``, a
+    committed ``run.pt`` or a run folder) on ``device``, in eval mode. Its classes and
+    input shape must be ``dataset``'s (default: the dataset a run's file names; a
+    ValueError names both otherwise)."""
     state, meta = read_state_dict(path)
     path = Path(meta.pop("path"))
+    dataset = dataset if dataset is not None else meta.get("dataset")
     image_size = DATASETS[dataset].image_shape[1] if dataset in DATASETS else None
     try:
         arch = infer_architecture(state, image_size)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     if dataset is not None:
-        _check_dataset(arch, dataset, path)
+        check_dataset(arch, dataset, path)
     if arch.model == "wrn":  # the release's unused copy of block1: ours mirrors block1
         state = {k: v for k, v in state.items() if not k.startswith("sub_block1.")}
         state.update({"sub_block1" + k[len("block1"):]: v for k, v in list(state.items())
@@ -250,6 +308,22 @@ def load_checkpoint(path: str | Path, dataset: str | None = None, *,
         raise ValueError(f"{path} holds non-finite weights (NaN or inf); download it again, or "
                          "retrain the run")
     return LoadedCheckpoint(path, model.to(device).eval(), arch, meta.pop("layout"), meta)
+
+
+def load_model(profile: str, method: str, seed: int = 0, epochs: int | None = None, *,
+               device: torch.device | str = "cpu",
+               archive_root: str | Path = ARCHIVE_ROOT) -> nn.Module:
+    """The classifier (in eval mode, on ``device``) of a committed run, found by its
+    metadata: ``profile`` (a profile's name such as ``"quick"``, or a profile folder such
+    as ``"quick-615a60"``), ``method``, ``seed`` and ``epochs`` (None: the profile's own
+    recipe). Read from the archive directly (``data/archive/``, nothing restored); its
+    architecture and dataset come from the run. ``docs/models.md`` lists every committed
+    model; a FileNotFoundError lists them too when none matches::
+
+        model = adt.load_model("quick", "adt_exp", seed=3, epochs=16)
+    """
+    found = find_archived(profile, method, seed, epochs, archive_root)
+    return load_checkpoint(found.checkpoint, found.dataset, device=device).model
 
 
 @dataclass(frozen=True)
@@ -278,8 +352,7 @@ class ReleaseStatus:
             lines.append(f"Released models found in `{folder}/`: "
                          + ", ".join(f"`{f.name}`" for f in self.files) + ".")
         else:
-            lines.append(f"No released models in `{folder}/`: "
-                         f"{_download_hint(root, runs=False)}.")
+            lines.append(f"No released models in `{folder}/`: {download_hint(root)}.")
         if self.dataset_missing is None:
             lines.append(f"CIFAR-10 is present in `{root}/`.")
         else:

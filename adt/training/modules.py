@@ -1,6 +1,7 @@
 """The modules of a run: built from its profile (:func:`build_modules`), seeded
 (:func:`seed_everything`), and restored from its checkpoint (:func:`restore_run`: the one
-resume sequence, shared by the trainer and :func:`load_run`).
+resume sequence, shared by the trainer and :func:`load_run`). :func:`load_run` also reads a
+committed run (``data/archive/``) directly when the runs folder lacks it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from adt.core.models import build_model
 from adt.core.runtime import resolve_device
 from adt.method.inner import InnerMaximizer
 from adt.method.methods import build_maximizer
+from adt.training.archive import (
+    ARCHIVE_ROOT,
+    ARCHIVED,
+    archived_models,
+    available_models,
+    load_tensors,
+    shown,
+)
 from adt.training.runs import (
     CHECKPOINT,
     DEFAULT_RUNS_ROOT,
@@ -76,23 +85,49 @@ def restore_run(profile: Profile, method: str, seed: int, path: Path, spec: Data
     return model, maximizer, ckpt
 
 
+def _run_file(profile: Profile, method: str, seed: int, runs_root: str | Path) -> Path | None:
+    """Where the run's weights are: its ``checkpoint.pt`` under ``runs_root``, its
+    ``run.pt`` there (``runs_root`` is an archive, e.g. ``data/archive``), or the committed
+    archive's ``run.pt`` (:data:`~adt.training.archive.ARCHIVE_ROOT`); None: nowhere."""
+    path = run_dir(profile, method, seed, runs_root)
+    committed = run_dir(profile, method, seed, ARCHIVE_ROOT) / ARCHIVED
+    return next((f for f in (path / CHECKPOINT, path / ARCHIVED, committed) if f.is_file()),
+                None)
+
+
+def _missing_run(profile: Profile, method: str, seed: int, runs_root: str | Path) -> str:
+    path = run_dir(profile, method, seed, runs_root)
+    return (f"no run at {path} (no {CHECKPOINT}) and none committed in "
+            f"{shown(run_dir(profile, method, seed, ARCHIVE_ROOT))}; train it: adt.train("
+            f"{profile.name!r}, {method!r}, seed={seed}), or load a committed model by name: "
+            f"adt.load_model(profile, method, seed=..., epochs=...) (committed: "
+            f"{available_models(archived_models())})")
+
+
 def load_run(profile: str | Profile, method: str, seed: int = 0, *,
              device: str | torch.device | None = None,
              runs_root: str | Path = DEFAULT_RUNS_ROOT, allow_unfinished: bool = False) -> Run:
-    """A finished run from disk (no data needed); FileNotFoundError when it is not there,
+    """A finished run from disk (no data needed): its ``checkpoint.pt`` under ``runs_root``,
+    else its committed ``run.pt`` (``runs_root`` may be an archive such as ``data/archive``;
+    otherwise the committed archive is read directly, nothing is restored: the run's
+    ``path`` is then its folder in the archive). FileNotFoundError when it is nowhere,
     ValueError when it is unfinished (``allow_unfinished=True`` returns it as it is)."""
     profile = get_profile(profile)
     device = resolve_device(device if device is not None else profile.device)
-    path = run_dir(profile, method, seed, runs_root)
-    if not (path / CHECKPOINT).exists():
-        raise FileNotFoundError(f"no run at {path}; train it first: "
-                                f"adt.train({profile.name!r}, {method!r}, seed={seed})")
-    model, maximizer, ckpt = restore_run(profile, method, seed, path, DATASETS[profile.dataset],
-                                         device)
+    file = _run_file(profile, method, seed, runs_root)
+    if file is None:
+        raise FileNotFoundError(_missing_run(profile, method, seed, runs_root))
+    spec = DATASETS[profile.dataset]
+    if file.name == CHECKPOINT:
+        model, maximizer, ckpt = restore_run(profile, method, seed, file.parent, spec, device)
+    else:  # an archived run: weights only, finished by construction
+        model, maximizer = build_modules(profile, method, spec, device)
+        ckpt = load_tensors(file, device)
+        restore_modules(ckpt, file, run_identity(profile, method, seed), model, maximizer)
     metrics = ckpt["metrics"]
     if not metrics.get("finished") and not allow_unfinished:
-        raise ValueError(f"the run at {path} is unfinished ({ckpt['epoch']} of "
+        raise ValueError(f"the run at {file.parent} is unfinished ({ckpt['epoch']} of "
                          f"{metrics.get('epochs')} epochs); finish it with adt.train("
                          f"{profile.name!r}, {method!r}, seed={seed}) (it resumes), or pass "
                          "allow_unfinished=True to load it as it is")
-    return Run(path, profile, method, seed, model.eval(), maximizer, metrics)
+    return Run(file.parent, profile, method, seed, model.eval(), maximizer, metrics)

@@ -138,3 +138,14 @@ def test_read_trial_on_the_committed_budget_study() -> None:
     assert direction_line(trial).startswith("**Direction:**")
     # a gain of 9 or more points per doubling is no plateau
     assert not trial.plateaus[2]["adt_exp"]["plateaued"] and not trial.plateaued
+
+
+def test_departure_outcome_follows_the_design() -> None:
+    from adt.study.trial import departure_outcome
+
+    done = {"ngf 32": {0: 0.02, 1: 0.03, 2: 0.2}, "ngf 64": {0: 0.15, 1: 0.2, 2: 0.3},
+            "ngf 8, raw input": {0: 0.5, 1: 0.5, 2: 0.5}}
+    assert departure_outcome(done, 0.1) == "restored by ngf 64"
+    assert departure_outcome({k: {s: 0.01 for s in v} for k, v in done.items()}, 0.1) == (
+        "none restores")
+    assert departure_outcome({**done, "ngf 32": {0: 0.5}}, 0.1) == "pending"

@@ -41,7 +41,7 @@ __all__ = ["MARGIN_POINTS", "PLATEAU_POINTS", "TRIAL_BUDGETS", "EXTENSION_BUDGET
            "CANDIDATE_BUDGETS", "IMP_WIDTHS", "IMP_SEEDS", "trial_design_path",
            "load_trial_design", "departure_profiles", "plateau_gains",
            "OUTCOMES", "plateau_table", "choose_verdict_budget", "trained_out", "TrialPair",
-           "judge_trial_pair"]
+           "judge_trial_pair", "departure_spreads", "departure_outcome"]
 
 #: delta: the smallest A_rob effect of interest (points), for equivalence verdicts
 MARGIN_POINTS = 5.0
@@ -204,3 +204,37 @@ def judge_trial_pair(grids: dict[tuple[int, str], dict[int, Any]], a: str, b: st
     if a in gains and b in gains:
         gates.insert(0, trained_out(at, gains[a], gains[b], model=model))
     return TrialPair(comparisons, per_seed, changes, verdict_budget, tuple(gates))
+
+
+# --- the departure test: does a wider generator (or the raw input) restore ADT_IMP-AM's spread --
+
+def departure_spreads(profile: Profile, runs_root: str | Path) -> dict[str, dict[int, float]]:
+    """Per variant of :func:`departure_profiles` (label -> seed -> spread / uniform noise), from
+    the ``spread.json`` each run's evaluation stored; a run without one is missing."""
+    from adt.core.io import read_json
+    from adt.study.spread import SPREAD_FILE
+    from adt.training.runs import run_dir
+
+    out: dict[str, dict[int, float]] = {}
+    for label, variant in departure_profiles(profile).items():
+        found = {}
+        for seed in IMP_SEEDS:
+            path = run_dir(variant, "adt_imp_am", seed, runs_root) / SPREAD_FILE
+            if path.is_file():
+                record = read_json(path)
+                found[seed] = float(record["spread"]) / float(record["uniform"])
+        out[label] = found
+    return out
+
+
+def departure_outcome(spreads: dict[str, dict[int, float]], min_ratio: float) -> str:
+    """The design's rule on :func:`departure_spreads`: "pending" while a run is missing,
+    "restored by <label>" for the first variant (in :func:`departure_profiles`' order: the
+    narrower width first) whose every seed reaches ``min_ratio`` x uniform noise, else
+    "none restores" (the collapse is then a finding about the method)."""
+    if any(len(seeds) < len(IMP_SEEDS) for seeds in spreads.values()):
+        return "pending"
+    for label, seeds in spreads.items():
+        if all(ratio >= min_ratio for ratio in seeds.values()):
+            return f"restored by {label}"
+    return "none restores"

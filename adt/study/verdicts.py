@@ -35,6 +35,7 @@ GATE_KINDS = {"flat_last_epochs": "validity", "credible_baseline": "validity",
               "sample_spread": "validity", "a_rob_error": "validity",
               "release_inner_settings": "validity",
               "stable_under_budget": "budget", "trained_out": "budget",
+              "spread_finding": "finding",
               "trial_complete": "evidence",
               "enough_evidence": "evidence", "distinct_models": "independence"}
 

@@ -222,11 +222,13 @@ def _synchronized(device: torch.device) -> Callable[[], float]:
     return clock
 
 
-def time_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                repeats: int = 5) -> tuple[float, float]:
+def time_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5,
+                window: float = 0.3) -> tuple[float, float]:
     """Seconds of one forward-backward pass (the gradient of the loss in the input, as the
     attacks take it) and of one forward pass of ``model`` on the batch ``x``: the median
-    of ``repeats`` after a warm-up. The model's mode is left as it was."""
+    of at least ``repeats`` after a warm-up, more (up to 25) until they span ``window``
+    seconds, so that a busy machine's stalls do not decide it. The model's mode is left
+    as it was."""
     clock = _synchronized(x.device)
 
     def backward() -> None:
@@ -241,8 +243,8 @@ def time_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     seconds = []
     for step in (backward, forward):
         step()  # warm-up: allocations, kernel choice
-        runs = []
-        for _ in range(repeats):
+        runs: list[float] = []
+        while len(runs) < repeats or (sum(runs) < window and len(runs) < 25):
             started = clock()
             step()
             runs.append(clock() - started)
@@ -279,11 +281,11 @@ class Estimate:
     def line(self) -> str:
         """One line saying the estimate and how it was made."""
         backward, forward = (1000 * t for t in self.passes)
-        return (f"estimated time: about {duration(self.seconds)} (an estimate, good to about "
-                f"a factor of two: the passes each attack makes times one forward-backward "
-                f"pass of {backward:.3g} ms and one forward pass of {forward:.3g} ms on "
-                f"{self.batch} images, timed just now; less where attacks break images early, "
-                "more when other work shares the machine)")
+        return (f"estimated time: about {duration(self.seconds)} (an estimate: the passes each "
+                f"attack makes times one forward-backward pass of {backward:.3g} ms and one "
+                f"forward pass of {forward:.3g} ms on {self.batch} images, timed just now; "
+                "within about a factor of two where measured, less where attacks break images "
+                "early, further off when other work competes for the cores)")
 
 
 def estimate_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

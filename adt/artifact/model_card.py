@@ -175,10 +175,9 @@ def stale_model_card(path: Path = MODEL_CARD, archive_root: str | Path = ARCHIVE
 #: How to retrain the budget study's runs, which ``--retrain-chapters`` leaves alone:
 #: ``python -m adt.budget_study`` restores the archive into any ``--runs-root`` first, so it
 #: needs an archive folder of its own (docs/reproduce.md, "Retraining").
-STUDY_RETRAIN = ("adt.study.campaign.run_study(profile, seeds, 'data/runs-study', "
-                 "archive_root='data/archive-study') as docs/reproduce.md, Retraining, shows "
-                 "(python -m adt.budget_study restores data/archive/ into any --runs-root, so "
-                 "it retrains nothing archived)")
+STUDY_RETRAIN = ("python -m adt.budget_study --profile quick --runs-root data/runs-study "
+                 "--archive-root data/archive-study (both new folders: every study run is "
+                 "retrained and archived there, data/archive/ untouched)")
 RETRAIN_HELP = ("retrain the chapters' runs (every method x seed of the profile, and chapter "
                 "6's budget check: 20 under quick), not the budget study's others (docs/"
                 "reproduce.md, Retraining, says how to retrain those); prints the hours it "

@@ -316,7 +316,11 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
                         archived = archive_run(folder, runs_root, archive_root or ARCHIVE_ROOT,
                                                maximizer=chapters)
                         if commit:
-                            _commit([archived], f"Budget study: {job.name[9:]} archived")
+                            from adt.artifact.model_card import MODEL_CARD, write_model_card
+
+                            write_model_card(archive_root=archive_root or ARCHIVE_ROOT)
+                            _commit([archived, MODEL_CARD],
+                                    f"Budget study: {job.name[9:]} archived")
                 elapsed = time.perf_counter() - started
                 eta = elapsed / done * (total - done)
                 print(f"[adt.budget_study] {done}/{total} jobs, {elapsed / 60:.0f} min, ETA "
@@ -348,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of the study: the fair trial's departure test, ADT_IMP-AM "
                              "at generator widths 32 and 64 and with the release's raw input "
                              "(adt.study.trial.departure_profiles)")
+    parser.add_argument("--archive-root", default=None, metavar="DIR",
+                        help="the archive finished runs are restored from and archived into "
+                             "(default: data/archive/); an empty folder with an empty "
+                             "--runs-root retrains every run of the study")
     add_runs_root(parser)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -371,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = [StudyJob("train", p, "adt_imp_am", s) for s in IMP_SEEDS
                 for p in departure_profiles(profile).values()]
     result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
-                       args.commit, train=not args.no_train, jobs=jobs)
+                       args.commit, archive_root=args.archive_root, train=not args.no_train,
+                       jobs=jobs)
     print(result)
     return 1 if result["failed"] else 0

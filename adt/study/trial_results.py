@@ -27,7 +27,7 @@ from adt.study.trial import (
 )
 
 __all__ = ["make_trial_design", "Trial", "read_trial", "points", "effect_rows", "method_rows",
-           "direction_line"]
+           "direction_line", "pending_runs_cost"]
 
 
 def make_trial_design(profile: Profile) -> dict[str, Any]:
@@ -150,19 +150,23 @@ def read_trial(profile: Profile, runs_root: str | Path, planned_seeds: Any,
     extended = len(complete_seeds(grids, methods, everything)) >= MIN_SEEDS
     budgets = everything if extended else base
     seeds = tuple(complete_seeds(grids, methods, budgets))
+    while len(seeds) < min(2, len(planned)) and len(budgets) > 2:  # interim: fewer budgets
+        budgets = budgets[:-1]
+        seeds = tuple(complete_seeds(grids, methods, budgets))
     if not seeds:
         raise ValueError(f"the trial needs a seed with every method at "
                          f"{[profile.with_budget(b).recipe.epochs for b in budgets]} epochs; "
-                         f"found {list(seeds)}. Train them: python -m adt.budget_study "
+                         f"found none. Train them: python -m adt.budget_study "
                          f"--profile {profile.name}")
     epochs = {b: profile.with_budget(b).recipe.epochs for b in everything}
     plateaus = plateau_table(grids, methods, seeds, budgets)
     verdict_budget, plateaued = choose_verdict_budget(plateaus)
     pending = []
-    missing = [s for s in planned if s not in seeds]
-    if missing:
-        pending.append(f"{epochs[max(budgets)]}-epoch runs missing on seeds {missing}")
-    if not plateaued and not extended:
+    for factor in base:
+        missing = [s for s in planned if s not in complete_seeds(grids, methods, (factor,))]
+        if missing:
+            pending.append(f"{epochs[factor]}-epoch runs missing on seeds {missing}")
+    if not plateaued and not extended and max(budgets) == max(base):
         pending.append(f"the stopping rule asks for {epochs[EXTENSION_BUDGET]} epochs "
                        f"(not yet trained)")
     judged = {(a, b): judge_trial_pair(grids, a, b, seeds, budgets, verdict_budget, plateaus,
@@ -220,23 +224,66 @@ def method_rows(trial: Trial) -> list[list[str]]:
 def direction_line(trial: Trial) -> str:
     """One plain line: which way the headline effects point, and how that moves with the
     budget (CLAIMS.md and the README open with it)."""
+    def at(budget: int) -> str:
+        effects = [p.comparisons[budget].effect for p in trial.pairs.values()]
+        mean = 100 * sum(e.estimate for e in effects) / len(effects)
+        below = sum(e.estimate < 0 for e in effects)
+        excluding = sum(e.high < 0 for e in effects)
+        return (f"{mean:+.1f} points at {trial.epochs[budget]} epochs ({below} of "
+                f"{len(effects)} below zero, {excluding} of them with intervals below zero)")
+
+    status = "" if trial.complete else "; interim: " + "; ".join(trial.pending)
     first, last = trial.budgets[0], trial.verdict_budget
-    effects = {b: [p.comparisons[b].effect for p in trial.pairs.values()] for b in (first, last)}
+    return (f"**Direction:** ADT minus baseline in A_rob, mean over the six headline pairs: "
+            f"{at(first)}, then {at(last)}; seeds {list(trial.seeds)}{status}.")
 
-    def side(b: int) -> str:
-        e = effects[b]
-        neg = sum(x.estimate < 0 for x in e)
-        excl = sum(x.high < 0 for x in e)
-        return f"{neg} of {len(e)} point to the baseline ({excl} intervals exclude 0)"
 
-    mean = {b: 100 * sum(x.estimate for x in effects[b]) / len(effects[b]) for b in effects}
-    status = "" if trial.complete else " (interim: " + "; ".join(trial.pending) + ")"
-    return (f"**Direction:** the headline effects (ADT minus baseline, A_rob) point against "
-            f"the paper: at {trial.epochs[first]} epochs {side(first)}, mean "
-            f"{mean[first]:+.1f} points; at {trial.epochs[last]} epochs {side(last)}, mean "
-            f"{mean[last]:+.1f} points, on seeds {list(trial.seeds)}{status}."
-            if all(x.estimate < 0 for x in effects[last]) else
-            f"**Direction:** ADT minus baseline in A_rob, mean over the six headline pairs: "
-            f"{mean[first]:+.1f} points at {trial.epochs[first]} epochs ({side(first)}), "
-            f"{mean[last]:+.1f} at {trial.epochs[last]} ({side(last)}), on seeds "
-            f"{list(trial.seeds)}{status}.")
+def _median_times(profile: Profile, runs_root: str | Path, method: str
+                  ) -> tuple[float | None, float | None]:
+    """(median training seconds per epoch, median A_rob evaluation seconds) of ``method``'s
+    stored study runs at any budget, from their ``metrics.json`` and ``eval_a_rob.json``."""
+    import statistics
+
+    from adt.core.io import read_json
+    from adt.evaluation.stored import A_ROB_FILE
+    from adt.training.runs import METRICS, run_dir
+
+    per_epoch, evaluation = [], []
+    for factor in (*TRIAL_BUDGETS, EXTENSION_BUDGET):
+        for seed in range(16):
+            folder = run_dir(profile.with_budget(factor), method, seed, runs_root)
+            if (folder / METRICS).is_file():
+                per_epoch.append(read_json(folder / METRICS).get("train_time_per_epoch_s") or 0)
+            if (folder / A_ROB_FILE).is_file():
+                evaluation.append(read_json(folder / A_ROB_FILE)["timing"]["total_s"])
+    median = statistics.median
+    return (median(per_epoch) if per_epoch else None,
+            median(evaluation) if evaluation else None)
+
+
+def pending_runs_cost(trial: Trial, profile: Profile, runs_root: str | Path,
+                      methods: Any = None, *, extension: bool = False
+                      ) -> tuple[int, float | None]:
+    """(runs the design still asks for, their one-core CPU hours): every planned seed of
+    every study method at every budget the stopping rule asks for (the extension budget
+    too when it is needed, or with ``extension`` whatever the rule says), each costed at the method's median training seconds per epoch
+    and A_rob evaluation seconds over its stored runs (None when a method has none)."""
+    from adt.study.campaign import STUDY_METHODS
+
+    methods = tuple(methods or STUDY_METHODS)
+    needed = list(TRIAL_BUDGETS)
+    if extension or EXTENSION_BUDGET in trial.budgets or any("asks for" in p
+                                                             for p in trial.pending):
+        needed.append(EXTENSION_BUDGET)
+    runs, seconds = 0, 0.0
+    for method in methods:
+        per_epoch, evaluation = _median_times(profile, runs_root, method)
+        for factor in needed:
+            missing = [s for s in trial.planned_seeds
+                       if s not in trial.grids.get((factor, method), {})]
+            runs += len(missing)
+            if missing and (per_epoch is None or evaluation is None):
+                return runs, None
+            if missing:
+                seconds += len(missing) * (per_epoch * trial.epochs[factor] + evaluation)
+    return runs, seconds / 3600

@@ -31,7 +31,7 @@ from scipy import stats as _st
 from adt.core._checks import check_int_at_least, check_positive
 
 __all__ = ["half_width", "seeds_needed", "per_seed_a_rob_from_notebook", "paired_effects",
-           "design"]
+           "design", "power", "images_for_power"]
 
 
 def half_width(sd: float, n_seeds: int, level: float = 0.95) -> float:
@@ -119,3 +119,29 @@ def design(per_seed: Mapping[str, Mapping[int, float]], pairs: Sequence[tuple[st
             "sd_upper_95": planning_sd * math.sqrt((len(rows[0]["per_seed"]) - 1) / _st.chi2.ppf(
                 0.025, len(rows[0]["per_seed"]) - 1)),
             "pairs": rows}
+
+
+def power(effect: float, sd: float, n_seeds: int, level: float = 0.95) -> float:
+    """The probability that the seed-level ``level`` interval of a paired effect whose true
+    value is ``effect`` (same units as ``sd``) excludes zero on that side: a noncentral t
+    with n - 1 degrees of freedom and noncentrality effect sqrt(n) / sd."""
+    n_seeds = check_int_at_least(n_seeds, 2, "n_seeds", "8")
+    check_positive(sd, "sd", "3.0")
+    critical = _st.t.ppf(0.5 + level / 2, n_seeds - 1)
+    return float(_st.nct.sf(critical, n_seeds - 1, effect * math.sqrt(n_seeds) / sd))
+
+
+def images_for_power(seed_sd: float, discordance: float, n_seeds: int, *, effect: float = 5.0,
+                     target: float = 0.8, options: Sequence[int] = (50, 100, 150, 200, 300)
+                     ) -> dict[str, Any]:
+    """The fewest images per seed (of ``options``) at which a paired effect of ``effect``
+    points is found with probability ``target``: the per-seed SD is (P2) with the seeds'
+    part ``seed_sd`` (points) and an image part of at most 1e4 x ``discordance`` / images."""
+    rows = []
+    for images in options:
+        sd = math.sqrt(seed_sd ** 2 + 1e4 * discordance / images)
+        rows.append({"images": images, "sd": sd, "power": power(effect, sd, n_seeds)})
+    chosen = next((r for r in rows if r["power"] >= target), rows[-1])
+    return {"effect_points": effect, "target_power": target, "seeds": n_seeds,
+            "seed_sd_points": seed_sd, "discordance": discordance, "options": rows,
+            "images": chosen["images"], "power_at_choice": chosen["power"]}

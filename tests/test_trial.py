@@ -149,3 +149,14 @@ def test_departure_outcome_follows_the_design() -> None:
     assert departure_outcome({k: {s: 0.01 for s in v} for k, v in done.items()}, 0.1) == (
         "none restores")
     assert departure_outcome({**done, "ngf 32": {0: 0.5}}, 0.1) == "pending"
+
+
+def test_power_and_the_image_count_for_it() -> None:
+    from adt.study.power import images_for_power, power
+
+    assert power(0.0, 3.0, 8) == pytest.approx(0.025, abs=1e-3)  # one side of a 95% interval
+    assert power(2.0, 3.0, 8) < power(5.0, 3.0, 8) < power(5.0, 3.0, 16)
+    plan = images_for_power(3.0, 0.06, 8, options=(50, 100, 200))
+    powers = [r["power"] for r in plan["options"]]
+    assert powers == sorted(powers) and plan["power_at_choice"] >= 0.8
+    assert plan["images"] == next(r["images"] for r in plan["options"] if r["power"] >= 0.8)

@@ -265,16 +265,13 @@ def pending_runs_cost(trial: Trial, profile: Profile, runs_root: str | Path,
                       methods: Any = None, *, extension: bool = False
                       ) -> tuple[int, float | None]:
     """(runs the design still asks for, their one-core CPU hours): every planned seed of
-    every study method at every budget the stopping rule asks for (the extension budget
-    too when it is needed, or with ``extension`` whatever the rule says), each costed at the method's median training seconds per epoch
+    every study method at the design's budgets (with ``extension``: at the extension budget
+    alone, which the stopping rule may ask for), each costed at the method's median training seconds per epoch
     and A_rob evaluation seconds over its stored runs (None when a method has none)."""
     from adt.study.campaign import STUDY_METHODS
 
     methods = tuple(methods or STUDY_METHODS)
-    needed = list(TRIAL_BUDGETS)
-    if extension or EXTENSION_BUDGET in trial.budgets or any("asks for" in p
-                                                             for p in trial.pending):
-        needed.append(EXTENSION_BUDGET)
+    needed = [EXTENSION_BUDGET] if extension else list(TRIAL_BUDGETS)
     runs, seconds = 0, 0.0
     for method in methods:
         per_epoch, evaluation = _median_times(profile, runs_root, method)

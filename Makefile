@@ -1,8 +1,10 @@
-# The whole set-up on a fresh machine is one of these two commands:
-#   make reproduce   regenerate every table and figure (profile quick, CPU; the README gives its time)
-#   make test        the test suite: nbval over the notebooks (smoke), then the unit tests
-# Options: make reproduce PROFILE=fashion DEVICE=cuda [FORCE_RETRAIN=1: retrain every run]
-#          [NO_PROGRESS=1: no progress lines]; on a CUDA machine: TORCH="torch==2.11.0 torchvision==0.26.0"
+# The whole set-up on a fresh machine is one of these two commands (times: docs/reproduce.md):
+#   make reproduce   regenerate every table and figure (profile quick, CPU)
+#   make test        the test suite on every core: the notebooks (nbval, smoke) and the unit tests
+# Options: make reproduce PROFILE=fashion DEVICE=cuda [NO_PROGRESS=1: no progress lines]
+#   [FORCE_RETRAIN=1: retrain the chapters' runs, not the budget study's; to retrain the study:
+#   docs/reproduce.md#retraining]; make test PYTEST_WORKERS=0 (no worker processes);
+#   on a CUDA machine: TORCH="torch==2.11.0 torchvision==0.26.0"
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -25,7 +27,7 @@ QUIET_PIP := grep -v "^WARNING: Location" || true
 .PHONY: reproduce test lint bench clean-smoke help check-fresh lock
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 # uv installs (tools/uv_install.py: pip's index settings, bytecode compiled in parallel) in
 # about 1.5 minutes here against pip's 4.5; where uv cannot be had or fails, pip does it all.
@@ -40,7 +42,7 @@ $(STAMP): pyproject.toml environment.yml $(LOCK) $(TORCH_LOCK)
 		$(PY) -m pip install -q $(TORCH) -r $(LOCK) 2>&1 | $(QUIET_PIP); \
 		$(PY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP); }
 	$(PY) tools/lock.py check $(PY) $(if $(filter -r $(TORCH_LOCK),$(TORCH)),--torch)
-	$(PY) -c "import torch, torchvision, torchattacks, pyautoattack, papermill, nbval, mlxtend"
+	$(PY) -c "import torch, torchvision, torchattacks, pyautoattack, papermill, nbval, mlxtend, xdist"
 	touch $(STAMP)
 
 # Rewrite the lock files from the installed environment (after a deliberate upgrade)
@@ -55,21 +57,26 @@ reproduce: $(STAMP)
 check-fresh:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m adt.pipeline --check-fresh
 
-# One pytest run: nbval executes the notebooks (smoke) first, writing their figures, tables and
-# MANIFEST.json to ADT_OUTPUT_DIR; tests/test_pipeline.py then checks those outputs, so every
-# notebook executes once per `make test`.
+# One pytest session on every core (pytest-xdist: PYTEST_WORKERS processes, one per logical
+# core by default, each with its share of the cores): nbval executes the notebooks (smoke), writing
+# their figures, tables and MANIFEST.json to ADT_OUTPUT_DIR. One worker runs their cells in
+# order and then tests/test_pipeline.py, which checks those outputs; the other workers take
+# the other tests meanwhile (tests/conftest.py: pytest_xdist_make_scheduler). So every
+# notebook executes once per `make test`; --durations lists the slowest tests.
 # Then the tests whose assertions rest on trained models run again on a second kernel path
 # (oneDNN and ATen held to SSE4.1 / plain C++: other last bits, other trained weights), so a
-# test that holds only on this CPU's kernels fails here too (~2 min on 2 cores).
+# test that holds only on this CPU's kernels fails here too. The target fails if either does.
+PYTEST_WORKERS ?= logical
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist load --durations=15
 SECOND_ISA_TESTS := tests/test_strength.py tests/test_attacks.py tests/test_evaluate.py \
 	tests/test_inner.py tests/test_trades.py tests/test_fidelity.py tests/test_distributed.py
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
-	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PY) -m pytest -q -p no:cacheprovider \
+	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PYTEST) \
 		--nbval-current-env --nbval-lax \
 		notebooks/ tests/; status=$$?; rm -rf $$out; exit $$status
 	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default ADT_PROFILE=smoke ADT_PROGRESS=0 \
-		$(PY) -m pytest -q -p no:cacheprovider $(SECOND_ISA_TESTS)
+		$(PYTEST) $(SECOND_ISA_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks

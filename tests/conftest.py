@@ -5,7 +5,9 @@
 * :func:`trained_small_cnn`: the one small trained classifier of the attack, evaluation
   and inner-maximiser tests, trained once per set of arguments per test process;
 * :class:`Quantized` (gradient masking by construction) and :class:`Recorder` (records
-  every forward call of a classifier).
+  every forward call of a classifier);
+* :func:`pytest_xdist_make_scheduler` and :func:`_share_the_cores`: ``pytest -n N``
+  (pytest-xdist, as ``make test`` runs the suite on every core).
 
 Test modules import the helpers with ``from conftest import ...`` (``tests/`` is on
 ``sys.path`` under pytest's default import mode).
@@ -14,6 +16,7 @@ Test modules import the helpers with ``from conftest import ...`` (``tests/`` is
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +31,52 @@ from adt.core.models import SmallCNN
 
 #: When this test process started (before any notebook ran under nbval in the same session).
 SESSION_STARTED = time.time()
+#: The xdist work unit of the notebooks (nbval) and of the tests that read their outputs.
+NOTEBOOKS_UNIT = "notebooks"
+PIPELINE_TESTS = "tests/test_pipeline.py"
+
+
+def work_unit(nodeid: str) -> str:
+    """The work unit of a test under ``pytest -n N`` (pytest-xdist's ``--dist load``, as
+    ``make test`` runs the suite): the test alone, but for :data:`NOTEBOOKS_UNIT`, which
+    joins the notebooks' cells (nbval) and ``tests/test_pipeline.py``, whose tests read what
+    the notebooks wrote to ``ADT_OUTPUT_DIR``."""
+    path = nodeid.split("::", 1)[0]
+    return NOTEBOOKS_UNIT if path.endswith(".ipynb") or path == PIPELINE_TESTS else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist load`` with one indivisible unit (:func:`work_unit`): one worker runs the
+    notebooks' cells in collection order (each notebook in its kernel, chapter after chapter:
+    a later chapter reads an earlier one's runs and results), then tests/test_pipeline.py,
+    which thus sees every notebook's outputs; meanwhile the other workers take the other
+    tests one at a time in collection order, so each worker meets a module's tests together
+    and builds its module-scoped fixtures once. (xdist's ``loadgroup`` cannot join them under
+    pytest 9: it renames the items through an attribute pytest 9 no longer reads.) Any other
+    ``--dist``: xdist's own scheduling."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksAsOneUnit(LoadScopeScheduling):  # units by size (the notebooks' first)
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return NotebooksAsOneUnit(config, log)
+
+
+def _share_the_cores() -> None:
+    """Under ``pytest -n N`` each worker gets its share of the cores, for its own torch and,
+    through ``OMP_NUM_THREADS``, for the processes it starts (the notebooks' kernels, the
+    workers of the pipeline tests): N workers that each spread over every core only contend."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -40,7 +40,7 @@ def test_environment_yml_pins_python_through_conda():
 def test_required_packages_are_declared():
     names = {re.split(r"[<>=\[ ]", r)[0].lower() for r in _pyproject_requirements()}
     for needed in ("torch", "torchvision", "jupyter", "papermill", "matplotlib", "seaborn",
-                   "nbval", "torchattacks", "mlxtend", "pytest", "ruff"):
+                   "nbval", "torchattacks", "mlxtend", "pytest", "pytest-xdist", "ruff"):
         assert needed in names, needed
 
 
@@ -50,3 +50,38 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make reproduce" in readme
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test:", makefile, re.M) and re.search(r"^reproduce:", makefile, re.M)
+
+
+def _make_test_with_a_stand_in_python(tmp_path: Path, pytest_status: int) -> tuple[int, str]:
+    """``make test`` with PY a stand-in that logs each command and answers pytest with
+    ``pytest_status`` (ruff: 0), the install stamp given as up to date."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        import pytest
+
+        pytest.skip("no make on this machine")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log, stamp, python = tmp_path / "calls.log", tmp_path / "stamp", tmp_path / "python"
+    python.write_text("#!/usr/bin/env bash\n"
+                      f'echo "$@" >> {log}\n'
+                      f'if [ "$2" = pytest ]; then exit {pytest_status}; fi\n')
+    python.chmod(0o755)
+    stamp.touch()
+    os.utime(stamp, (4e9, 4e9))  # newer than every prerequisite: nothing is installed
+    done = subprocess.run(["make", "-s", "test", f"PY={python}", f"STAMP={stamp}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, log.read_text() if log.is_file() else ""
+
+
+def test_make_test_runs_pytest_on_every_core_and_fails_when_pytest_fails(tmp_path):
+    status, calls = _make_test_with_a_stand_in_python(tmp_path / "pass", 0)
+    runs = [line for line in calls.splitlines() if line.startswith("-m pytest")]
+    assert status == 0 and len(runs) == 2, calls
+    assert "notebooks/ tests/" in runs[0] and "--nbval-lax" in runs[0]
+    assert all("-n logical" in run and "--durations=15" in run for run in runs)
+    for failing in (1, 2, 5):  # tests failed, interrupted, none collected
+        status, calls = _make_test_with_a_stand_in_python(tmp_path / str(failing), failing)
+        assert status != 0, calls

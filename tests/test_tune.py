@@ -50,3 +50,13 @@ def test_only_settings_whose_baselines_converged_are_eligible() -> None:
 def test_the_rule_looks_at_the_baselines_only() -> None:
     assert set(TUNED_ON) == {"pgd_at", "trades"}
     assert set(GRID) == {"lr", "epochs"}
+
+
+def test_the_default_validation_split_fits_every_profile() -> None:
+    from adt.config.profiles import get_profile
+    from adt.study.tune import default_validation_examples, output_path
+
+    assert default_validation_examples(get_profile("quick")) == 1000
+    assert default_validation_examples(get_profile("smoke")) == 64  # a quarter of its 256
+    assert output_path("quick", ("pgd_at", "trades")) == "benchmarks/tune-quick.json"
+    assert output_path("quick", ("adt_exp",)) == "benchmarks/tune-quick-adt_exp.json"

@@ -65,18 +65,19 @@ check-fresh:
 # notebook executes once per `make test`; --durations lists the slowest tests.
 # Then the tests whose assertions rest on trained models run again on a second kernel path
 # (oneDNN and ATen held to SSE4.1 / plain C++: other last bits, other trained weights), so a
-# test that holds only on this CPU's kernels fails here too. The target fails if either does.
+# test that holds only on this CPU's kernels fails here too; a file per unit there, so that a
+# module's trained models are built once. The target fails if either run does.
 PYTEST_WORKERS ?= logical
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist load --durations=15
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=15
 SECOND_ISA_TESTS := tests/test_strength.py tests/test_attacks.py tests/test_evaluate.py \
 	tests/test_inner.py tests/test_trades.py tests/test_fidelity.py tests/test_distributed.py
 test: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks
 	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PYTEST) \
-		--nbval-current-env --nbval-lax \
+		--dist load --nbval-current-env --nbval-lax \
 		notebooks/ tests/; status=$$?; rm -rf $$out; exit $$status
 	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default ADT_PROFILE=smoke ADT_PROGRESS=0 \
-		$(PYTEST) $(SECOND_ISA_TESTS)
+		$(PYTEST) --dist loadfile $(SECOND_ISA_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check adt tests notebooks

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,15 +36,32 @@ SESSION_STARTED = time.time()
 #: The xdist work unit of the notebooks (nbval) and of the tests that read their outputs.
 NOTEBOOKS_UNIT = "notebooks"
 PIPELINE_TESTS = "tests/test_pipeline.py"
+#: The fixture of tests/test_pipeline.py that hands a test the notebooks' outputs.
+NOTEBOOK_OUTPUTS = "smoke"
+
+
+@functools.cache
+def _reading_notebook_outputs() -> frozenset[str]:
+    """The tests of tests/test_pipeline.py that take :data:`NOTEBOOK_OUTPUTS` (read from the
+    source: the scheduler sees node ids only)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parent / Path(PIPELINE_TESTS).name).read_text())
+    return frozenset(f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+                     and any(a.arg == NOTEBOOK_OUTPUTS for a in f.args.args))
 
 
 def work_unit(nodeid: str) -> str:
-    """The work unit of a test under ``pytest -n N`` (pytest-xdist's ``--dist load``, as
-    ``make test`` runs the suite): the test alone, but for :data:`NOTEBOOKS_UNIT`, which
-    joins the notebooks' cells (nbval) and ``tests/test_pipeline.py``, whose tests read what
-    the notebooks wrote to ``ADT_OUTPUT_DIR``."""
-    path = nodeid.split("::", 1)[0]
-    return NOTEBOOKS_UNIT if path.endswith(".ipynb") or path == PIPELINE_TESTS else nodeid
+    """The work unit of a test under ``pytest -n N --dist load`` (pytest-xdist, as ``make
+    test`` runs the suite): the test alone, but for :data:`NOTEBOOKS_UNIT`, which joins the
+    notebooks' cells (nbval) and the tests of ``tests/test_pipeline.py`` that read what the
+    notebooks wrote to ``ADT_OUTPUT_DIR`` (those taking its ``smoke`` fixture)."""
+    path, _, rest = nodeid.partition("::")
+    if re.search(r"(\.|::)ipynb$", path) or rest.startswith("ipynb::"):  # pytest 9 shows
+        return NOTEBOOKS_UNIT                                       # a.ipynb as a::ipynb
+    if path == PIPELINE_TESTS and re.split(r"[\[:]", rest)[0] in _reading_notebook_outputs():
+        return NOTEBOOKS_UNIT
+    return nodeid
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -270,3 +270,24 @@ def test_committed_notebooks_are_executed_and_clean(name: str) -> None:
     for machine_path in ("/work/", "/home/", "/tmp/", "/root/", "site-packages"):
         assert machine_path not in outputs, machine_path
     assert nb.metadata.get("papermill", {}).get("parameters", {}).get("profile") == "quick"
+
+
+def test_the_notebooks_and_the_tests_of_their_outputs_are_one_work_unit() -> None:
+    """Under `make test` (pytest-xdist) one worker runs the notebooks' cells in order and then
+    every test that reads their outputs (tests/conftest.py): each test taking the ``smoke``
+    fixture, and no other, shares the notebooks' unit."""
+    import inspect
+
+    from conftest import NOTEBOOKS_UNIT, work_unit
+
+    cells = [f"notebooks/{name}.ipynb::Cell {k}" for name in NOTEBOOKS for k in (0, 7)]
+    cells += [f"notebooks/{name}::ipynb::Cell 3" for name in NOTEBOOKS]  # as pytest 9 shows it
+    assert {work_unit(c) for c in cells} == {NOTEBOOKS_UNIT}
+    tests = {name: f for name, f in globals().items()
+             if name.startswith("test_") and inspect.isfunction(f)}
+    readers = {n for n, f in tests.items() if "smoke" in inspect.signature(f).parameters}
+    assert readers and readers != set(tests)
+    for name in tests:
+        unit = work_unit(f"tests/test_pipeline.py::{name}[x]")
+        assert (unit == NOTEBOOKS_UNIT) == (name in readers), name
+    assert work_unit("tests/test_data.py::test_a[1]") == "tests/test_data.py::test_a[1]"

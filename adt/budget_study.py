@@ -1,4 +1,4 @@
-"""``python -m adt.budget_study``: the budget study of the headline claims (:mod:`adt.study.campaign`)."""
+"""``python -m adt.budget_study``: the budget study and the fair trial of the headline claims (:mod:`adt.study.campaign`)."""
 
 import sys
 

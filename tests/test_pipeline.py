@@ -173,6 +173,9 @@ def test_smoke_claims_give_no_finding(smoke: Smoke) -> None:
     verdicts = [row.split(" | ")[3].strip("* ") for row in text.splitlines()
                 if row.startswith("| ") and " | **" in row]
     assert len(verdicts) >= 20, verdicts
+    # the cost claims are counted at the paper's configuration, the same on every profile
+    verdicts = [row.split(" | ")[3].strip("* ") for row in text.splitlines()
+                if row.startswith("| ") and " | **" in row and "paper's configuration" not in row]
     assert all(v.startswith(("inconclusive", "not testable here")) for v in verdicts), verdicts
 
 

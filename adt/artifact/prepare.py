@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import Any
 
 from adt.artifact.conditioning import AM_METHODS, conditioning_variant
 from adt.config.profiles import Profile
+from adt.core.runtime import one_thread_worker
 from adt.method.methods import LABELS, METHODS
 
 __all__ = ["BUDGET_METHODS", "BUDGET_FACTOR", "TrainJob", "EvalJob", "training_jobs",
@@ -123,12 +123,6 @@ def conditioning_jobs(profile: Profile) -> tuple[list[TrainJob], list[EvalJob]]:
     evaluate = [EvalJob(variant, m, s, False, False) for m in AM_METHODS for s in profile.seeds]
     return sorted(train, key=lambda j: -j.cost), evaluate
 
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")  # the notebooks show the checks as data
 
 
 def _data(profile: Profile) -> Any:
@@ -292,7 +286,7 @@ def _outcomes(jobs: Sequence[Any], fn: Any, runs_root: str, force: bool, workers
             yield index, text, err
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=one_thread_worker) as pool:
         futures = {pool.submit(fn, job, runs_root, force): i for i, job in enumerate(jobs)}
         waiting = list(range(len(jobs)))
         for _ in range(min(workers, len(jobs))):  # a worker takes the next job as one ends

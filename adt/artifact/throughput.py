@@ -9,8 +9,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from adt.artifact.prepare import _one_thread
 from adt.config.profiles import Profile
+from adt.core.runtime import one_thread_worker
 
 __all__ = ["worker_throughput"]
 
@@ -34,7 +34,7 @@ def worker_throughput(profile: Profile, method: str = "pgd_at", workers: int | N
     threads = torch.get_num_threads()
     one, many = [], []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=one_thread_worker) as pool:
         for _ in range(repeats):
             torch.set_num_threads(workers)
             one.append(_images_per_second(profile, method, steps))

@@ -7,7 +7,8 @@ written once:
 * :func:`preserved_modes` and :func:`eval_mode` (train/eval flags restored on exit);
 * :func:`isolated_rng` (a block on its own random stream, the global one untouched);
 * :func:`autocast` (bf16 on CUDA, nothing on the CPU);
-* :func:`per_example` (a ``(B,)`` vector broadcast against a ``(B, ...)`` batch).
+* :func:`per_example` (a ``(B,)`` vector broadcast against a ``(B, ...)`` batch);
+* :func:`one_thread_worker` (the initializer of the batch's one-thread worker processes).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["resolve_device", "device_of", "preserved_modes", "eval_mode", "isolated_rng",
-           "autocast", "per_example"]
+           "autocast", "per_example", "one_thread_worker"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -85,3 +86,13 @@ def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A ``(B,)`` vector reshaped to ``(B, 1, ..., 1)`` to broadcast against ``like``
     of shape ``(B, ...)``."""
     return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def one_thread_worker() -> None:
+    """Initializer of a one-thread worker process (``adt.prepare``, ``adt.budget_study``):
+    one intra-op thread, so that as many workers as cores share the CPU; warnings off, since
+    the notebooks show the checks as data."""
+    import warnings
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")

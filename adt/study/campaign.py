@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -40,6 +40,7 @@ from typing import Any
 
 from adt.config.profiles import Profile
 from adt.config.provenance import REPO_ROOT
+from adt.core.runtime import one_thread_worker
 from adt.method.methods import LABELS
 
 __all__ = ["BASELINES", "ADT_METHODS", "STUDY_METHODS", "HEADLINE_PAIRS", "BUDGETS",
@@ -198,14 +199,6 @@ def study_jobs(profile: Profile, seeds: Sequence[int], budgets: Sequence[int] = 
     return sorted(jobs, key=lambda j: (list(seeds).index(j.seed), -_cost(j.profile, j.method)))
 
 
-def _one_thread() -> None:
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-
 
 def _work(job: StudyJob, runs_root: str) -> str:
     from adt.core.data import load_dataset
@@ -267,12 +260,15 @@ def _evaluated_run(job: StudyJob, runs_root: str | Path) -> bool:
 def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "data/runs",
               workers: int | None = None, commit: bool = False,
               archive_root: str | Path | None = None, train: bool = True,
-              jobs: Sequence[StudyJob] | None = None) -> dict[str, Any]:
+              jobs: Sequence[StudyJob] | None = None,
+              after_archive: Callable[[], Sequence[Path]] | None = None) -> dict[str, Any]:
     """Train, A_rob-evaluate and archive (into ``archive_root``, default
     :data:`adt.training.archive.ARCHIVE_ROOT`) every run of the study (or ``jobs``) in
     ``workers`` one-thread processes; a trained run's evaluation goes before the next
     training job. ``train=False``: only the runs already finished are evaluated (reused
-    when stored), measured (``spread.json``) and archived; nothing is trained."""
+    when stored), measured (``spread.json``) and archived; nothing is trained.
+    ``after_archive``: called after each run is archived; the files it returns are committed
+    with the run (``python -m adt.budget_study``: the model card)."""
     from adt.training.archive import ARCHIVE_ROOT, archive_run, restore_archive
     from adt.training.runs import run_dir
 
@@ -289,7 +285,7 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
     running: dict[Future, StudyJob] = {}
     failed = []
     pool: Executor = (ThreadPoolExecutor(1) if workers == 0 else ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread))
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread_worker))
     with pool:
         while pending or running:
             while pending and len(running) < max(workers, 1):
@@ -316,16 +312,21 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
                         archived = archive_run(folder, runs_root, archive_root or ARCHIVE_ROOT,
                                                maximizer=chapters)
                         if commit:
-                            from adt.artifact.model_card import MODEL_CARD, write_model_card
-
-                            write_model_card(archive_root=archive_root or ARCHIVE_ROOT)
-                            _commit([archived, MODEL_CARD],
-                                    f"Budget study: {job.name[9:]} archived")
+                            also = list(after_archive()) if after_archive else []
+                            _commit([archived, *also], f"Budget study: {job.name[9:]} archived")
                 elapsed = time.perf_counter() - started
                 eta = elapsed / done * (total - done)
                 print(f"[adt.budget_study] {done}/{total} jobs, {elapsed / 60:.0f} min, ETA "
                       f"{eta / 60:.0f} min: {line}", flush=True)
     return {"jobs": total, "failed": failed, "seconds": round(time.perf_counter() - started)}
+
+
+def _model_card() -> list[Path]:
+    """Rewrite ``docs/models.md`` from the archive, to be committed with the run."""
+    from adt.training.card import MODEL_CARD, write_model_card
+
+    write_model_card()
+    return [MODEL_CARD]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -380,6 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for p in departure_profiles(profile).values()]
     result = run_study(profile, tuple(range(design["seeds"])), args.runs_root, args.workers,
                        args.commit, archive_root=args.archive_root, train=not args.no_train,
-                       jobs=jobs)
+                       jobs=jobs, after_archive=_model_card)
     print(result)
     return 1 if result["failed"] else 0

@@ -258,9 +258,15 @@ def test_write_blocks_and_stale_blocks_cover_every_document(tmp_path: Path) -> N
         "gate,model,value,threshold,result,detail\ng,A,1,>= 1,pass,ok\n", encoding="utf-8")
     (figures / "CLAIMS.md").write_text("Verdicts: 1 supported.\n\n| claim | verdict |\n"
                                        "| --- | --- |\n| c | **supported** |\n", encoding="utf-8")
-    for name, (_, document) in BLOCKS.items():
+    for table in ("tab06_gate_audit", "tab06_gate_changes"):
+        (figures / f"tables/{table}.md").write_text(f"Table {table}\n\n| gate |\n| --- |\n| g |\n",
+                                                   encoding="utf-8")
+    documents: dict[str, str] = {}
+    for name, (_, document) in BLOCKS.items():  # a document may hold several blocks
         start, end = markers(name)
-        (tmp_path / document).write_text(f"# {document}\n{start}\n{end}\n", encoding="utf-8")
+        documents[document] = documents.get(document, f"# {document}\n") + f"{start}\n{end}\n"
+    for document, text in documents.items():
+        (tmp_path / document).write_text(text, encoding="utf-8")
     assert len(stale_blocks(tmp_path)) == len(BLOCKS)
     assert sorted(p.name for p in write_blocks(tmp_path)) == sorted(d for _, d in BLOCKS.values())
     assert stale_blocks(tmp_path) == [] and write_blocks(tmp_path) == []  # nothing left to do

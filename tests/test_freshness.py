@@ -242,7 +242,7 @@ def test_retrain_chapters_says_what_it_retrains_and_how_long_before_it_starts() 
     lines = retrain_plan("quick", 2)
     assert len(lines) == 2 and all(line.startswith("[adt.pipeline] ") for line in lines)
     assert "retraining the chapters' 20 runs of 'quick'" in lines[0]
-    assert "not the budget study's" in lines[0] and "archive_root=" in lines[0]
+    assert "not the budget study's" in lines[0] and "--archive-root" in lines[0]
     assert "docs/reproduce.md" in lines[0]
     assert "expected: about" in lines[1] and " h (an estimate" in lines[1]
     one = retrain_plan("quick", 0)[1]  # the notebooks do the work: one process

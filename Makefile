@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per missing local mirror folder; they are noise here
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
-.PHONY: reproduce test lint bench clean-smoke help check-fresh lock
+.PHONY: reproduce test lint bench clean-smoke help check-fresh lock fashion-data
 
 help:
 	@sed -n '1,7p' Makefile
@@ -49,9 +49,22 @@ $(STAMP): pyproject.toml environment.yml $(LOCK) $(TORCH_LOCK)
 lock:
 	$(PY) tools/lock.py write $(PY)
 
-reproduce: $(STAMP)
+reproduce: $(STAMP) $(if $(filter fmnist fashion,$(PROFILE)),fashion-data)
 	$(PY) -m adt.pipeline --profile $(PROFILE) --device $(DEVICE) $(if $(FORCE_RETRAIN),--force-retrain) \
 		$(if $(NO_PROGRESS),--no-progress)
+
+# Fashion-MNIST (profiles fmnist and fashion, and the test that reads it) is the Debian package
+# dataset-fashion-mnist, read from /usr/share/datasets/fashion-mnist/: installed here where
+# apt-get can (as root); elsewhere this says what to run. Nothing is downloaded at run time.
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-data:
+	@test -f $(FASHION) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the Debian package dataset-fashion-mnist (Fashion-MNIST, 30 MB)"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		    dataset-fashion-mnist; }; } >/dev/null 2>&1 || echo "could not install \
+		dataset-fashion-mnist; run: sudo apt-get install dataset-fashion-mnist"; \
+	else echo "Fashion-MNIST is not installed; run: sudo apt-get install dataset-fashion-mnist"; fi; }
 
 # Were the committed figures, tables and notebooks produced by the code in the tree?
 check-fresh:
@@ -71,7 +84,7 @@ PYTEST_WORKERS ?= logical
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=15
 SECOND_ISA_TESTS := tests/test_strength.py tests/test_attacks.py tests/test_evaluate.py \
 	tests/test_inner.py tests/test_trades.py tests/test_fidelity.py tests/test_distributed.py
-test: $(STAMP)
+test: $(STAMP) fashion-data
 	$(PY) -m ruff check adt tests notebooks
 	out=$$(mktemp -d) && ADT_PROFILE=smoke ADT_PROGRESS=0 ADT_OUTPUT_DIR=$$out $(PYTEST) \
 		--dist load --nbval-current-env --nbval-lax \

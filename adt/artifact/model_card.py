@@ -29,7 +29,8 @@ __all__ = ["MODEL_CARD", "model_card", "write_model_card", "stale_model_card", "
 #: needs an archive folder of its own (docs/reproduce.md, "Retraining").
 STUDY_RETRAIN = ("python -m adt.budget_study --profile quick --runs-root data/runs-study "
                  "--archive-root data/archive-study (both new folders: every study run is "
-                 "retrained and archived there, data/archive/ untouched)")
+                 "retrained and archived there, data/archive/ untouched; docs/reproduce.md, "
+                 "Retraining)")
 RETRAIN_HELP = ("retrain the chapters' runs (every method x seed of the profile, and chapter "
                 "6's budget check: 20 under quick), not the budget study's others (docs/"
                 "reproduce.md, Retraining, says how to retrain those); prints the hours it "

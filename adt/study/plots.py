@@ -17,7 +17,7 @@ from typing import Any
 from adt.method.methods import LABELS, METHOD_COLORS
 from adt.training.runs import Run
 
-__all__ = ["plot_budget_effects", "plot_training_curves", "plot_accuracy_curves", "plot_loss_contours",
+__all__ = ["plot_trial_effects", "plot_training_curves", "plot_accuracy_curves", "plot_loss_contours",
            "percent_axis", "legend_outside", "column_headers", "colorbar_below",
            "method_color", "method_label"]
 
@@ -222,44 +222,6 @@ def plot_loss_contours(surfaces: Mapping[str, Mapping[str, Any]], *, scale: floa
     bar.set_label("cross-entropy (log scale)", fontsize=8)
     fig.suptitle(title.replace("`", ""), fontsize=9)
     return fig
-
-
-def plot_budget_effects(results: Mapping[str, Any], epochs: Sequence[int],
-                        budgets: Sequence[int] = (1, 2)) -> Any:
-    """One panel per headline pair (``results``: title -> :class:`adt.study.budget.PairResult`):
-    each seed's paired A_rob effect (points) at each training budget, a grey line per seed,
-    and the mean with its seed-level 95 % interval in black; zero dashed."""
-    import matplotlib.pyplot as plt
-
-    n = len(results)
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharey=True,
-                             squeeze=False)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    for i, (ax, (title, result)) in enumerate(zip(axes.flat, results.items(), strict=False)):
-        seeds = sorted(result.per_seed[budgets[0]])
-        for seed in seeds:
-            ax.plot(epochs, [100 * result.per_seed[b][seed] for b in budgets], color="0.6",
-                    lw=1, marker="o", ms=3, zorder=1)
-        for x, comparison in zip(epochs, (result.short, result.long), strict=True):
-            e = comparison.effect
-            ax.errorbar([x], [100 * e.estimate], yerr=[[100 * (e.estimate - e.low)],
-                                                        [100 * (e.high - e.estimate)]],
-                        color="black", marker="s", ms=6, capsize=4, lw=1.5, zorder=2)
-        ax.axhline(0, color="0.3", ls="--", lw=0.8)
-        ax.set_xticks(list(epochs))
-        ax.set_xlim(epochs[0] - 0.3 * (epochs[1] - epochs[0]),
-                    epochs[1] + 0.3 * (epochs[1] - epochs[0]))
-        ax.set_title(f"({letters[i]}) {title}", fontsize=10)
-        ax.set_xlabel("training epochs")
-        if i % cols == 0:
-            ax.set_ylabel("A_rob effect (points)")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
 
 
 def plot_trial_effects(results: Mapping[str, Any], epochs: Mapping[int, int],

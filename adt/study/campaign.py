@@ -270,7 +270,7 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
     ``after_archive``: called after each run is archived; the files it returns are committed
     with the run (``python -m adt.budget_study``: the model card)."""
     from adt.training.archive import ARCHIVE_ROOT, archive_run, restore_archive
-    from adt.training.runs import run_dir
+    from adt.training.runs import profile_folder, run_dir
 
     restore_archive(runs_root, archive_root or ARCHIVE_ROOT)  # what earlier sessions finished
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -307,8 +307,10 @@ def run_study(profile: Profile, seeds: Sequence[int], runs_root: str | Path = "d
                                                    job.seed))
                     else:
                         folder = run_dir(job.profile, job.method, job.seed, runs_root)
-                        chapters = (job.seed in profile.seeds and job.profile.recipe.epochs
-                                    == profile.recipe.epochs)
+                        # only the chapters' own runs keep their maximiser (a variant's,
+                        # e.g. the departure test's wider generators, would weigh megabytes)
+                        chapters = (job.seed in profile.seeds
+                                    and profile_folder(job.profile) == profile_folder(profile))
                         archived = archive_run(folder, runs_root, archive_root or ARCHIVE_ROOT,
                                                maximizer=chapters)
                         if commit:

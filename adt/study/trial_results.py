@@ -7,11 +7,13 @@ verdict budget, margin verdicts, ``trained_out``) are :mod:`adt.study.trial`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adt.config.profiles import Profile
+from adt.study.claims import format_effect
 from adt.study.trial import (
     CANDIDATE_BUDGETS,
     EXTENSION_BUDGET,
@@ -26,7 +28,7 @@ from adt.study.trial import (
     plateau_table,
 )
 
-__all__ = ["make_trial_design", "Trial", "read_trial", "points", "effect_rows", "method_rows",
+__all__ = ["make_trial_design", "Trial", "read_trial", "effect_rows", "method_rows",
            "direction_line", "pending_runs_cost"]
 
 
@@ -176,12 +178,6 @@ def read_trial(profile: Profile, runs_root: str | Path, planned_seeds: Any,
                  tuple(pending), judged)
 
 
-def points(interval: Any, digits: int = 1) -> str:
-    """An interval of fractions as "+e [lo, hi]" in points."""
-    return (f"{100 * interval.estimate:+.{digits}f} [{100 * interval.low:+.{digits}f}, "
-            f"{100 * interval.high:+.{digits}f}]")
-
-
 def effect_rows(trial: Trial) -> list[list[str]]:
     """Table 6.2's rows: per headline pair, the effect and margin verdict at every budget,
     then the change per doubling into the verdict budget."""
@@ -193,9 +189,9 @@ def effect_rows(trial: Trial) -> list[list[str]]:
         for budget in trial.budgets:
             c = pair.comparisons[budget]
             mark = " (v)" if budget == trial.verdict_budget else ""
-            row.append(f"{points(c.effect)}: {c.verdict}{mark}")
+            row.append(f"{format_effect(c.effect, unit='')}: {c.verdict}{mark}")
         change = pair.changes.get(trial.verdict_budget)
-        row.append(points(change) if change else "n/a")
+        row.append(format_effect(change, unit="") if change else "n/a")
         rows.append(row)
     return rows
 
@@ -215,8 +211,8 @@ def method_rows(trial: Trial) -> list[list[str]]:
             row.append(f"{100 * np.mean([trial.grids[budget, m][s].mean() for s in trial.seeds]):.1f}")
         for budget in trial.budgets[1:]:
             g = trial.plateaus[budget][m]
-            row.append(f"{g['interval'].estimate:+.1f} [{g['interval'].low:+.1f}, "
-                       f"{g['interval'].high:+.1f}]" + (" plateau" if g["plateaued"] else ""))
+            row.append(format_effect(g["interval"], scale=1.0, unit="")
+                       + (" plateau" if g["plateaued"] else ""))
         rows.append(row)
     return rows
 
@@ -238,7 +234,7 @@ def direction_line(trial: Trial) -> str:
             f"{at(first)}, then {at(last)}; seeds {list(trial.seeds)}{status}.")
 
 
-def _median_times(profile: Profile, runs_root: str | Path, method: str
+def _median_times(profile: Profile, runs_root: str | Path, method: str, seeds: Sequence[int]
                   ) -> tuple[float | None, float | None]:
     """(median training seconds per epoch, median A_rob evaluation seconds) of ``method``'s
     stored study runs at any budget, from their ``metrics.json`` and ``eval_a_rob.json``."""
@@ -250,7 +246,7 @@ def _median_times(profile: Profile, runs_root: str | Path, method: str
 
     per_epoch, evaluation = [], []
     for factor in (*TRIAL_BUDGETS, EXTENSION_BUDGET):
-        for seed in range(16):
+        for seed in seeds:
             folder = run_dir(profile.with_budget(factor), method, seed, runs_root)
             if (folder / METRICS).is_file():
                 per_epoch.append(read_json(folder / METRICS).get("train_time_per_epoch_s") or 0)
@@ -274,7 +270,7 @@ def pending_runs_cost(trial: Trial, profile: Profile, runs_root: str | Path,
     needed = [EXTENSION_BUDGET] if extension else list(TRIAL_BUDGETS)
     runs, seconds = 0, 0.0
     for method in methods:
-        per_epoch, evaluation = _median_times(profile, runs_root, method)
+        per_epoch, evaluation = _median_times(profile, runs_root, method, trial.planned_seeds)
         for factor in needed:
             missing = [s for s in trial.planned_seeds
                        if s not in trial.grids.get((factor, method), {})]
